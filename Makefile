@@ -1,0 +1,87 @@
+# stbava — every target is one `stbava` command; `make setup` builds .venv first.
+# Override on the command line, e.g. `make train-fusion CACHE=cache/ms3.zarr RUN=runs/ms3`.
+
+PYTHON      ?= python3
+VENV        ?= .venv
+# CPU build by default so a CPU machine never pulls multi-GB CUDA wheels.
+# GPU users: make setup TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"
+TORCH_SPEC  ?= torch==2.13.0
+BIN         := $(VENV)/bin
+STBAVA      := $(BIN)/stbava
+
+DATA        ?= data/avsbench/Multi-sources
+SUBSET      ?= ms3
+CACHE       ?= cache/$(SUBSET).zarr
+BACKEND     ?= zarr
+ENCODER     ?= vit_h
+SAM_CKPT    ?= checkpoints/sam_vit_h_4b8939.pth
+VGGISH_CKPT ?= checkpoints/vggish-10086976.pth
+CONFIG      ?= configs/$(SUBSET).yaml
+RUN         ?= runs/$(SUBSET)_fusion
+ADAPTER_RUN ?= runs/$(SUBSET)_adapters
+SPLIT       ?= test
+CKPT        ?= $(RUN)/best.pt
+REPORT      ?= $(RUN)/report_$(SPLIT).json
+DEVICE      ?= auto
+BATCH       ?= 4
+DEMO_OUT    ?= demo_out
+# torchrun: make train-fusion NPROC=4  (NNODES / NODE_RANK / MASTER_ADDR for several nodes)
+NPROC       ?= 1
+NNODES      ?= 1
+NODE_RANK   ?= 0
+MASTER_ADDR ?= 127.0.0.1
+MASTER_PORT ?= 29500
+ifeq ($(NPROC)$(NNODES),11)
+LAUNCH      := $(STBAVA)
+else
+LAUNCH      := $(BIN)/torchrun --nproc-per-node $(NPROC) --nnodes $(NNODES) --node-rank $(NODE_RANK) \
+               --master-addr $(MASTER_ADDR) --master-port $(MASTER_PORT) -m stbava
+endif
+
+.PHONY: setup demo test bench lint extract-features train-fusion finetune-adapters eval predict check-data clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q $(TORCH_SPEC)
+	$(BIN)/pip install -q -e ".[dev]"
+	touch $@
+
+demo: setup
+	$(STBAVA) demo --out $(DEMO_OUT)
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+bench: setup
+	$(BIN)/python -m benchmarks
+
+lint: setup
+	$(BIN)/ruff check stbava tests benchmarks
+
+check-data: setup
+	$(STBAVA) check-data --data-root $(DATA) --subset $(SUBSET)
+
+extract-features: setup
+	$(LAUNCH) extract-features --data-root $(DATA) --subset $(SUBSET) --cache $(CACHE) --backend $(BACKEND) \
+	  --encoder $(ENCODER) --sam-checkpoint $(SAM_CKPT) --vggish-checkpoint $(VGGISH_CKPT) --batch-size $(BATCH) --device $(DEVICE)
+
+train-fusion: setup
+	$(LAUNCH) train-fusion --cache $(CACHE) --data-root $(DATA) --subset $(SUBSET) --config $(CONFIG) --run-dir $(RUN) \
+	  --sam-checkpoint $(SAM_CKPT) --device $(DEVICE)
+
+finetune-adapters: setup
+	$(LAUNCH) finetune-adapters --data-root $(DATA) --subset $(SUBSET) --init $(RUN) --run-dir $(ADAPTER_RUN) \
+	  --sam-checkpoint $(SAM_CKPT) --vggish-checkpoint $(VGGISH_CKPT) --device $(DEVICE)
+
+eval: setup
+	$(STBAVA) eval --checkpoint $(CKPT) --cache $(CACHE) --data-root $(DATA) --subset $(SUBSET) --split $(SPLIT) \
+	  --out $(REPORT) --device $(DEVICE)
+
+predict: setup
+	$(STBAVA) predict --checkpoint $(CKPT) --input $(VIDEO) --out $(OUT)
+
+clean:
+	rm -rf $(DEMO_OUT) .pytest_cache

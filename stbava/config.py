@@ -1,0 +1,183 @@
+"""Plain-dataclass configuration, loaded from YAML overrides in ``configs/``.
+
+Defaults run as they are (the tiny synthetic setting); a YAML file only overrides. Unknown keys and
+type changes are errors, so a typo in a config never silently trains the wrong model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+
+@dataclass
+class EncoderConfig:
+    """Frozen stage-one encoders."""
+
+    name: str = "tiny"  # SAM image encoder: vit_h | vit_l | vit_b | tiny
+    sam_checkpoint: str | None = None  # full SAM state dict (keys image_encoder.*, mask_decoder.*, ...)
+    vggish_checkpoint: str | None = None  # torchvggish VGG state dict (vggish-10086976.pth)
+    vggish_pca: str | None = None  # optional PCA params file; PCA is off unless given
+    seed: int = 0  # seed of the random init used when no checkpoint is given
+
+
+@dataclass
+class ModelConfig:
+    """ST-BAVA fusion + SAM mask decoder (REFERENCE §4-§5)."""
+
+    depth: int = 5  # number of ST-BAVA blocks (5 for S4, 7 for MS3)
+    embed_dim: int = 256  # SAM prompt / embedding width
+    num_heads: int = 8
+    mlp_dim: int = 256  # hidden width of the per-block MLPs (published code: 256)
+    attn_dropout: float = 0.1  # dropout on attention weights, as published
+    spatial_mode: str = "reference"  # reference (published code, §4.3) | paper (§4.5)
+    temporal: bool = True  # ablation: False drops the temporal attention steps
+    bidirectional: bool = True  # ablation: False keeps only the audio-to-visual direction
+    fusion: bool = True  # ablation: False = decoder-only "SAM baseline"
+    mask_size: int = 224  # output logits resolution (AVSBench masks are 224x224)
+    adapters: bool = False  # stage three: audio adapters inside the image encoder
+    adapter_hidden: int = 512  # adapter hidden width (published: 512)
+
+
+@dataclass
+class TrainConfig:
+    """One loop for stage two (cached embeddings) and stage three (live encoder with adapters)."""
+
+    epochs: int = 10
+    batch_size: int = 4  # clips per step
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    seed: int = 123
+    num_workers: int = 0
+    val_every: int = 1  # epochs between validations
+    train_fusion: bool = True  # stage three: keep ST-BAVA trainable (published code freezes it)
+    grad_checkpointing: bool = True  # stage three: checkpoint encoder blocks
+    amp: str = "auto"  # auto (bf16 on CUDA) | bf16 | off
+    gpu_resident: bool = False  # stage two: load the whole cache onto the GPU once
+    max_steps: int = 0  # 0 = no limit; otherwise stop after this many optimiser steps
+
+
+@dataclass
+class Config:
+    """Everything a run needs; written resolved into every run dir and checkpoint."""
+
+    subset: str = "ms3"  # s4 | ms3
+    frames: int = 5  # T, frames (and 0.96 s audio examples) per clip
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+class ConfigError(ValueError):
+    """A config file or override that does not fit the dataclasses."""
+
+
+def _resolved_type(cls: type, name: str) -> Any:
+    return typing.get_type_hints(cls)[name]
+
+
+def _check_value(cls: type, name: str, value: Any, where: str) -> Any:
+    tp = _resolved_type(cls, name)
+    allowed: tuple[Any, ...] = typing.get_args(tp) if isinstance(tp, types.UnionType) else (tp,)
+    if value is None:
+        if type(None) in allowed:
+            return None
+        raise ConfigError(f"{where}: {name} may not be null")
+    for a in allowed:
+        if a is type(None):
+            continue
+        if a is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if a is int and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if a is bool and isinstance(value, bool):
+            return value
+        if a is str and isinstance(value, str):
+            return value
+    raise ConfigError(f"{where}: {name} must be {tp}, got {value!r}")
+
+
+def _merge(obj: Any, data: Mapping[str, Any], where: str) -> Any:
+    known = {f.name: f for f in fields(obj)}
+    updates: dict[str, Any] = {}
+    for key, value in data.items():
+        if key not in known:
+            raise ConfigError(f"{where}: unknown key '{key}' (known: {', '.join(sorted(known))})")
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, Mapping):
+                raise ConfigError(f"{where}: '{key}' must be a mapping")
+            updates[key] = _merge(current, value, f"{where}.{key}")
+        else:
+            updates[key] = _check_value(type(obj), key, value, where)
+    return dataclasses.replace(obj, **updates)
+
+
+def config_from_dict(data: Mapping[str, Any], base: Config | None = None) -> Config:
+    """Apply a nested mapping of overrides to ``base`` (defaults when None)."""
+    cfg = _merge(base or Config(), data, "config")
+    validate(cfg)
+    return cfg
+
+
+def parse_override(text: str) -> dict[str, Any]:
+    """``model.depth=7`` -> ``{"model": {"depth": 7}}`` (value parsed as YAML)."""
+    if "=" not in text:
+        raise ConfigError(f"override '{text}' must look like section.key=value")
+    key, raw = text.split("=", 1)
+    value = yaml.safe_load(raw)
+    out: dict[str, Any] = {}
+    node = out
+    parts = key.strip().split(".")
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+    node[parts[-1]] = value
+    return out
+
+
+def _deep_update(a: dict[str, Any], b: Mapping[str, Any]) -> dict[str, Any]:
+    for k, v in b.items():
+        if isinstance(v, Mapping) and isinstance(a.get(k), dict):
+            _deep_update(a[k], v)
+        else:
+            a[k] = v
+    return a
+
+
+def load_config(path: str | Path | None = None, overrides: Mapping[str, Any] | None = None) -> Config:
+    """Defaults <- YAML file <- overrides (a nested mapping, e.g. from CLI flags)."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {p}")
+        loaded = yaml.safe_load(p.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{p}: top level must be a mapping")
+        data = loaded
+    if overrides:
+        data = _deep_update(data, overrides)
+    return config_from_dict(data)
+
+
+def validate(cfg: Config) -> None:
+    """Cross-field checks that types alone cannot express."""
+    if cfg.subset not in ("s4", "ms3"):
+        raise ConfigError(f"subset must be s4 or ms3, got {cfg.subset!r}")
+    if cfg.encoder.name not in ("vit_h", "vit_l", "vit_b", "tiny"):
+        raise ConfigError(f"encoder.name must be vit_h|vit_l|vit_b|tiny, got {cfg.encoder.name!r}")
+    if cfg.model.spatial_mode not in ("reference", "paper"):
+        raise ConfigError(f"model.spatial_mode must be reference|paper, got {cfg.model.spatial_mode!r}")
+    if cfg.model.depth < 0 or cfg.frames < 1:
+        raise ConfigError("model.depth must be >= 0 and frames >= 1")
+    if cfg.train.amp not in ("auto", "bf16", "off"):
+        raise ConfigError(f"train.amp must be auto|bf16|off, got {cfg.train.amp!r}")

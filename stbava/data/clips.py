@@ -1,0 +1,157 @@
+"""AVSBench clip index: the metadata CSV + directory layout of REFERENCE §1 turned into typed records.
+
+The CSV is read **by position** (S4: col 0 id, col 2 category, col 3 split; MS3: col 0 id, col 1 split)
+because the official loaders do and the header names are not documented. Frame and mask indices on disk
+are 1-based; S4 ``train`` has only the frame-1 mask.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+SUBSETS = ("s4", "ms3")
+SPLITS = ("train", "val", "test")
+FRAMES_PER_CLIP = 5
+
+_SUBSET_DIRS = {"s4": "Single-source", "ms3": "Multi-sources"}
+_CSV_NAMES = {"s4": "s4_meta_data.csv", "ms3": "ms3_meta_data.csv"}
+
+
+class DataError(ValueError):
+    """Bad or missing dataset input; the message names the file and the fix."""
+
+
+@dataclass(frozen=True)
+class Clip:
+    """One AVSBench clip: T frames, one wav, and the annotated masks.
+
+    ``mask_frames`` holds the 0-based indices of the frames that ``mask_paths`` annotate, in order
+    (``(0,)`` for S4 train, ``(0, 1, 2, 3, 4)`` elsewhere).
+    """
+
+    id: str
+    subset: str
+    split: str
+    category: str | None
+    frame_paths: tuple[Path, ...]
+    wav_path: Path
+    mask_paths: tuple[Path, ...]
+    mask_frames: tuple[int, ...]
+
+    @property
+    def num_frames(self) -> int:
+        return len(self.frame_paths)
+
+    def all_paths(self) -> list[Path]:
+        return [*self.frame_paths, self.wav_path, *self.mask_paths]
+
+
+def subset_dir_name(subset: str) -> str:
+    return _SUBSET_DIRS[_check_subset(subset)]
+
+
+def csv_name(subset: str) -> str:
+    return _CSV_NAMES[_check_subset(subset)]
+
+
+def _check_subset(subset: str) -> str:
+    if subset not in SUBSETS:
+        raise DataError(f"unknown subset {subset!r}: use one of {', '.join(SUBSETS)}")
+    return subset
+
+
+def resolve_subset_root(data_root: str | Path, subset: str) -> Path:
+    """Accept either the subset folder (holding the CSV) or the ``avsbench_data`` folder above it."""
+    root = Path(data_root)
+    name = csv_name(subset)
+    for cand in (root, root / subset_dir_name(subset)):
+        if (cand / name).is_file():
+            return cand
+    raise DataError(
+        f"no {name} under {root} or {root / subset_dir_name(subset)}: point --data-root at the AVSBench "
+        f"'{subset_dir_name(subset)}' folder (or its parent), or create synthetic data with "
+        f"`stbava synth OUT --subset {subset}`"
+    )
+
+
+def _clip_paths(root: Path, subset: str, split: str, vid: str, category: str | None, frames: int):
+    if subset == "s4":
+        if category is None:
+            raise DataError(f"S4 clip {vid} has no category")
+        d = root / "s4_data"
+        frame_dir = d / "visual_frames" / split / category / vid
+        frame_paths = tuple(frame_dir / f"{vid}_{k}.png" for k in range(1, frames + 1))
+        wav = d / "audio_wav" / split / category / f"{vid}.wav"
+        mask_dir = d / "gt_masks" / split / category / vid
+        mask_frames = (0,) if split == "train" else tuple(range(frames))
+    else:
+        d = root / "ms3_data"
+        frame_dir = d / "visual_frames" / vid
+        frame_paths = tuple(frame_dir / f"{vid}.mp4_{k}.png" for k in range(1, frames + 1))
+        wav = d / "audio_wav" / split / f"{vid}.wav"
+        mask_dir = d / "gt_masks" / split / vid
+        mask_frames = tuple(range(frames))
+    mask_paths = tuple(mask_dir / f"{vid}_{k + 1}.png" for k in mask_frames)
+    return frame_paths, wav, mask_paths, mask_frames
+
+
+def read_metadata(data_root: str | Path, subset: str) -> list[tuple[str, str, str | None]]:
+    """Rows of ``(video_id, split, category)`` from the subset's metadata CSV, in file order."""
+    root = resolve_subset_root(data_root, subset)
+    path = root / csv_name(subset)
+    need = 4 if subset == "s4" else 2
+    rows: list[tuple[str, str, str | None]] = []
+    with path.open(newline="") as f:
+        reader = csv.reader(f)
+        header = next(reader, None)
+        if header is None:
+            raise DataError(f"{path}: empty metadata file")
+        for lineno, row in enumerate(reader, start=2):
+            if not row or all(not c.strip() for c in row):
+                continue
+            if len(row) < need:
+                raise DataError(
+                    f"{path}:{lineno}: expected at least {need} columns "
+                    f"({'name,start_time,category,split' if subset == 's4' else 'name,split'}), got {len(row)}; "
+                    "re-download the metadata CSV"
+                )
+            vid = row[0].strip()
+            if subset == "s4":
+                category, split = row[2].strip(), row[3].strip()
+            else:
+                category, split = None, row[1].strip()
+            if split not in SPLITS:
+                raise DataError(f"{path}:{lineno}: unknown split {split!r} for clip {vid} (expected train/val/test)")
+            if not vid:
+                raise DataError(f"{path}:{lineno}: empty video id")
+            rows.append((vid, split, category))
+    seen: dict[str, int] = {}
+    for i, (vid, _, _) in enumerate(rows):
+        if vid in seen:
+            raise DataError(f"{path}: duplicate clip id {vid!r} (rows {seen[vid] + 2} and {i + 2}); remove one")
+        seen[vid] = i
+    return rows
+
+
+def load_clips(
+    data_root: str | Path,
+    subset: str,
+    splits: Iterable[str] | None = None,
+    frames: int = FRAMES_PER_CLIP,
+) -> list[Clip]:
+    """All clips of ``subset`` in the given splits (all when None), in CSV order. Paths are not checked here."""
+    root = resolve_subset_root(data_root, subset)
+    wanted: Sequence[str] = tuple(splits) if splits else SPLITS
+    for s in wanted:
+        if s not in SPLITS:
+            raise DataError(f"unknown split {s!r}: use train, val or test")
+    clips = []
+    for vid, split, category in read_metadata(root, subset):
+        if split not in wanted:
+            continue
+        fp, wav, mp, mf = _clip_paths(root, subset, split, vid, category, frames)
+        clips.append(Clip(vid, subset, split, category, fp, wav, mp, mf))
+    return clips

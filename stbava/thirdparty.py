@@ -1,0 +1,50 @@
+"""Import ``segment_anything`` and ``torchvggish`` model code without their package ``__init__``.
+
+Why: ``segment_anything/__init__.py`` imports its predictor, which needs torchvision (no CPU build pairs
+with our pinned torch), and ``torchvggish/__init__.py`` imports soundfile/resampy-based input code. The
+model submodules themselves need only torch and numpy. We register an empty package object for each
+(without executing its ``__init__``) and then import the submodules normally. This is the one place that
+does this; everything else imports from here.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+from types import ModuleType
+
+
+def _bare_package(name: str) -> None:
+    mod = sys.modules.get(name)
+    if mod is not None and hasattr(mod, "__path__"):
+        return
+    spec = importlib.util.find_spec(name)
+    if spec is None:
+        raise ImportError(f"package '{name}' is not installed; run `make setup`")
+    sys.modules[name] = importlib.util.module_from_spec(spec)
+
+
+def sam_modeling() -> ModuleType:
+    """``segment_anything.modeling`` (ImageEncoderViT, MaskDecoder, PromptEncoder, TwoWayTransformer, Sam)."""
+    _bare_package("segment_anything")
+    return importlib.import_module("segment_anything.modeling")
+
+
+def sam_build() -> ModuleType:
+    """``segment_anything.build_sam`` (``sam_model_registry``)."""
+    _bare_package("segment_anything")
+    return importlib.import_module("segment_anything.build_sam")
+
+
+def vggish_model() -> ModuleType:
+    """``torchvggish.torchvggish`` (``VGG``, ``make_layers``, ``Postprocessor``)."""
+    _bare_package("torchvggish")
+    return importlib.import_module("torchvggish.torchvggish")
+
+
+def vggish_mel() -> tuple[ModuleType, ModuleType]:
+    """``(torchvggish.mel_features, torchvggish.vggish_params)``: numpy log-mel code and constants."""
+    _bare_package("torchvggish")
+    return (importlib.import_module("torchvggish.mel_features"),
+            importlib.import_module("torchvggish.vggish_params"))
