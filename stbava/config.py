@@ -43,6 +43,7 @@ class ModelConfig:
     mask_size: int = 224  # output logits resolution (AVSBench masks are 224x224)
     adapters: bool = False  # stage three: audio adapters inside the image encoder
     adapter_hidden: int = 512  # adapter hidden width (published: 512)
+    adapter_zero_init: bool = True  # zero output layer: step 0 reproduces the stage-two model exactly
 
 
 @dataclass
@@ -61,6 +62,7 @@ class TrainConfig:
     amp: str = "auto"  # auto (bf16 on CUDA) | bf16 | off
     gpu_resident: bool = False  # stage two: load the whole cache onto the GPU once
     max_steps: int = 0  # 0 = no limit; otherwise stop after this many optimiser steps
+    save_every_steps: int = 0  # 0 = save last.pt at epoch ends only; N = also every N steps (mid-epoch resume)
 
 
 @dataclass
@@ -144,10 +146,10 @@ def parse_override(text: str) -> dict[str, Any]:
     return out
 
 
-def _deep_update(a: dict[str, Any], b: Mapping[str, Any]) -> dict[str, Any]:
+def deep_update(a: dict[str, Any], b: Mapping[str, Any]) -> dict[str, Any]:
     for k, v in b.items():
         if isinstance(v, Mapping) and isinstance(a.get(k), dict):
-            _deep_update(a[k], v)
+            deep_update(a[k], v)
         else:
             a[k] = v
     return a
@@ -165,7 +167,7 @@ def load_config(path: str | Path | None = None, overrides: Mapping[str, Any] | N
             raise ConfigError(f"{p}: top level must be a mapping")
         data = loaded
     if overrides:
-        data = _deep_update(data, overrides)
+        data = deep_update(data, overrides)
     return config_from_dict(data)
 
 

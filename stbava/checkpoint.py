@@ -1,0 +1,153 @@
+"""Self-describing, atomically written checkpoints.
+
+A checkpoint holds only what was trained (plus the tiny positional-encoding buffer the decoder was trained
+with), the resolved config, the fingerprint of the embeddings it was trained on and the loop state needed for
+exact resume. It never holds the frozen encoders: those are rebuilt from the config (and its checkpoint paths).
+Loading uses ``weights_only=True``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from stbava.config import Config, config_from_dict
+
+FORMAT = "stbava-checkpoint"
+VERSION = 1
+
+
+class CheckpointFormatError(ValueError):
+    """A checkpoint that cannot be used: truncated, foreign, or made for another config/cache."""
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to a temp file in the same folder, fsync, then rename over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
+
+
+def atomic_torch_save(obj: Any, path: str | Path) -> None:
+    """``torch.save`` through a temp file + rename, so a crash never leaves a half-written checkpoint."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def file_digest(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def save_checkpoint(path: str | Path, *, kind: str, cfg: Config, weights: dict[str, torch.Tensor],
+                    fingerprint: dict[str, Any] | None, state: dict[str, Any] | None = None,
+                    extra: dict[str, Any] | None = None) -> None:
+    """Write a checkpoint of ``kind`` ("fusion" for stage two, "adapters" for stage three)."""
+    payload = {
+        "format": FORMAT,
+        "version": VERSION,
+        "kind": kind,
+        "config": cfg.to_dict(),
+        "weights": {k: v.detach().cpu().clone() for k, v in weights.items()},
+        "fingerprint": fingerprint,
+        "state": state or {},
+        "extra": extra or {},
+    }
+    atomic_torch_save(payload, path)
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load and validate a checkpoint file's envelope; errors name the file and the fix."""
+    path = Path(path)
+    if path.is_dir():
+        cand = path / "best.pt"
+        if not cand.is_file():
+            raise CheckpointFormatError(f"{path} is a folder without best.pt: pass a checkpoint file or a run dir")
+        path = cand
+    if not path.is_file():
+        raise CheckpointFormatError(f"checkpoint not found: {path}")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated zip, foreign pickle, ...
+        raise CheckpointFormatError(
+            f"{path}: cannot read checkpoint ({type(e).__name__}: {str(e)[:200]}); the file is damaged or not a "
+            "stbava checkpoint — use the run's other checkpoint (best/last) or retrain"
+        ) from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointFormatError(
+            f"{path}: not a stbava checkpoint; official ST-BAVA weights are converted with `stbava import-official`"
+        )
+    if payload.get("version") != VERSION:
+        raise CheckpointFormatError(f"{path}: checkpoint version {payload.get('version')} (expected {VERSION})")
+    payload["path"] = str(path)
+    return payload
+
+
+def checkpoint_config(payload: dict[str, Any]) -> Config:
+    return config_from_dict(payload["config"])
+
+
+def check_compatible(payload: dict[str, Any], cfg: Config, fingerprint: dict[str, Any] | None) -> None:
+    """Refuse to resume/evaluate a checkpoint with another model config or against another encoder's cache."""
+    saved = checkpoint_config(payload)
+    if saved.model != cfg.model or saved.frames != cfg.frames:
+        diffs = [f"model.{k}: {v} != {getattr(cfg.model, k)}" for k, v in vars(saved.model).items()
+                 if getattr(cfg.model, k) != v]
+        if saved.frames != cfg.frames:
+            diffs.append(f"frames: {saved.frames} != {cfg.frames}")
+        raise CheckpointFormatError(
+            f"{payload['path']}: made with another model config ({'; '.join(diffs)}); use the matching --config, "
+            "or start a new --run-dir"
+        )
+    if fingerprint is not None and payload.get("fingerprint") is not None:
+        from stbava.encoders.fingerprint import fingerprint_digest
+
+        a, b = fingerprint_digest(payload["fingerprint"]), fingerprint_digest(fingerprint)
+        if a != b:
+            raise CheckpointFormatError(
+                f"{payload['path']}: trained on embeddings of another encoder (fingerprint {a} vs the cache's {b}); "
+                "evaluate it against the cache it was trained on, or rebuild that cache with "
+                "`stbava extract-features` using the checkpoint's encoder settings"
+            )
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu"):
+    """Rebuild a trained model from a checkpoint file (or run dir): returns ``(model, config)``.
+
+    A stage-three checkpoint also restores its adapters; the model then exposes ``model.adapted_encoder``
+    (the image encoder with audio adapters), which eval/predict run on raw frames.
+    """
+    from stbava.pipeline.restore import restore_model
+
+    return restore_model(read_checkpoint(path), device=device)

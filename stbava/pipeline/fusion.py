@@ -1,0 +1,78 @@
+"""Stage two: train audio projection + ST-BAVA blocks + SAM's mask decoder on the stage-one cache.
+
+Reads only the cache and the GT masks; never builds an encoder. The encoder settings (and so the embedding
+grid) come from the cache's fingerprint, so a model can never be trained on embeddings of another shape.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from stbava.config import Config
+from stbava.data.clips import DataError, load_clips
+from stbava.pipeline.distributed import resolve_device
+from stbava.pipeline.net import CachedEmbedder, Net
+from stbava.pipeline.sources import CachedClips
+from stbava.pipeline.train import fit, trainable_predicate
+
+log = logging.getLogger(__name__)
+
+FUSION_PREFIXES = ("model.audio_embed_layer", "model.layers", "model.mask_decoder")
+
+
+def config_for_cache(cfg: Config, fingerprint: dict[str, Any]) -> Config:
+    """Take the encoder settings from the cache so the model's grid matches the stored embeddings."""
+    image = fingerprint.get("image", {})
+    name = image.get("encoder")
+    if name is None:
+        raise DataError("cache fingerprint has no image encoder name; rebuild it with `stbava extract-features`")
+    seed = cfg.encoder.seed
+    m = re.search(r"seed=(\d+)", str(image.get("weights", "")))
+    if m:
+        seed = int(m.group(1))
+    frames = int(fingerprint.get("frames", cfg.frames))
+    return dataclasses.replace(cfg, frames=frames, encoder=dataclasses.replace(cfg.encoder, name=name, seed=seed))
+
+
+def sam_decoder_init(path: str | None) -> dict[str, torch.Tensor] | None:
+    """Decoder + PE weights from an official SAM checkpoint, or None for random init."""
+    if not path:
+        return None
+    from stbava.encoders.checkpoints import load_state_file, sam_decoder_state
+
+    return sam_decoder_state(load_state_file(path, "sam"))
+
+
+def build_fusion_net(cfg: Config, sam_state: dict[str, torch.Tensor] | None = None) -> Net:
+    from stbava.model.build import build_model
+
+    torch.manual_seed(cfg.train.seed)  # model init is part of the recorded, reproducible run
+    return Net(build_model(cfg, sam_state), CachedEmbedder())
+
+
+def train_fusion(cfg: Config, cache: str | Path, data_root: str | Path, run_dir: str | Path, *,
+                 device: str = "auto", progress: bool = True, resume: bool = True) -> dict[str, Any]:
+    """Stage two end to end: cache + masks -> run dir with best.pt / last.pt / metrics.jsonl."""
+    from stbava.cache import open_cache
+
+    reader = open_cache(cache)
+    fp = reader.fingerprint
+    cfg = config_for_cache(cfg, fp)
+    train_clips = load_clips(data_root, cfg.subset, ["train"], frames=cfg.frames)
+    val_clips = load_clips(data_root, cfg.subset, ["val"], frames=cfg.frames)
+    if not train_clips:
+        raise DataError(f"no train clips for subset {cfg.subset} under {data_root}")
+    train_ds = CachedClips(cache, train_clips, cfg.frames)
+    val_ds = CachedClips(cache, val_clips, cfg.frames) if val_clips else None
+    net = build_fusion_net(cfg, sam_decoder_init(cfg.encoder.sam_checkpoint))
+    dev = resolve_device(device)
+    log.info("stage two: %d train / %d val clips, cache %s, device %s", len(train_ds),
+             len(val_ds) if val_ds else 0, cache, dev)
+    return fit(cfg, net, train_ds, val_ds, run_dir, kind="fusion", trainable=trainable_predicate(FUSION_PREFIXES),
+               fingerprint=fp, device=dev, extra={"cache": str(cache)}, resume=resume, progress=progress)

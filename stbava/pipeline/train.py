@@ -1,0 +1,250 @@
+"""The one training loop, shared by stage two (cached embeddings) and stage three (live encoder + adapters).
+
+Only two things differ between the stages: the ``Net``'s embedder (cache pass-through or live encoders) and
+the set of trainable parameter names. Everything else (deterministic batch order, exact resume, validation by
+AVSBench mIoU, best/last checkpoints, metrics.jsonl) lives here once.
+
+Exact resume: the batch order of epoch ``e`` is a pure function of ``(seed, e)``; checkpoints store the
+optimiser state, the global torch RNG state (dropout) and the position inside the epoch, so N steps straight
+and N/2 steps + resume give the same weights on CPU.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from stbava.checkpoint import (CheckpointFormatError, atomic_write_text, check_compatible, read_checkpoint,
+                               save_checkpoint)
+from stbava.config import Config
+from stbava.pipeline.distributed import DistInfo, dist_info
+from stbava.pipeline.evaluate import EvalResult, evaluate_net
+from stbava.pipeline.net import Net, amp_context
+from stbava.pipeline.sources import collate
+
+log = logging.getLogger(__name__)
+
+
+def masked_bce(logits: torch.Tensor, masks: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """BCE-with-logits averaged over the annotated frames only (S4 train: frame 1; MS3: all; REFERENCE §7).
+
+    Args:
+        logits: [B,T,H,W]; masks: [B,T,H,W] {0,1}; valid: [B,T] bool.
+    """
+    per_frame = F.binary_cross_entropy_with_logits(logits.float(), masks.float(), reduction="none").mean((-2, -1))
+    w = valid.float()
+    return (per_frame * w).sum() / w.sum().clamp_min(1.0)
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
+    """The clip order of one epoch: a pure function of (seed, epoch), so resume replays it exactly."""
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(n, generator=g).tolist()
+
+
+def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, dist: DistInfo) -> list[list[int]]:
+    """Global batches of ``batch_size`` clips; under DDP each rank takes its contiguous share of every batch.
+
+    The global batch (and so the loss averaged over ranks) is the same for any world size, which is what makes
+    multi-rank training reproduce single-process training.
+    """
+    order = epoch_order(n, seed, epoch)
+    batches = [order[i:i + batch_size] for i in range(0, n, batch_size)]
+    if dist.world == 1:
+        return batches
+    out = []
+    for b in batches:
+        per = math.ceil(len(b) / dist.world)
+        out.append(b[dist.rank * per:(dist.rank + 1) * per])
+    return out
+
+
+@dataclass
+class LoopState:
+    epoch: int = 0  # current epoch (0-based)
+    batch_in_epoch: int = 0  # batches of ``epoch`` already consumed
+    step: int = 0  # optimiser steps done
+    best_miou: float = -1.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(vars(self))
+
+
+class MetricsLog:
+    """``metrics.jsonl``: one JSON object per line; on resume, lines after the resumed step are dropped."""
+
+    def __init__(self, path: Path, enabled: bool) -> None:
+        self.path = path
+        self.enabled = enabled
+
+    def truncate_after(self, step: int) -> None:
+        if not (self.enabled and self.path.exists()):
+            return
+        keep = [ln for ln in self.path.read_text().splitlines() if ln.strip() and json.loads(ln).get("step", 0) <= step]
+        atomic_write_text(self.path, "".join(ln + "\n" for ln in keep))
+
+    def write(self, **record: Any) -> None:
+        if self.enabled:
+            with self.path.open("a") as f:
+                f.write(json.dumps(record) + "\n")
+
+
+def set_trainable(net: nn.Module, is_trainable: Callable[[str], bool]) -> list[str]:
+    """Set ``requires_grad`` from a name predicate; returns the trainable names (checked non-empty)."""
+    names = []
+    for name, p in net.named_parameters():
+        p.requires_grad_(is_trainable(name))
+        if p.requires_grad:
+            names.append(name)
+    if not names:
+        raise ValueError("no trainable parameters selected")
+    return names
+
+
+def saved_weights(net: nn.Module, trainable: Iterable[str]) -> dict[str, torch.Tensor]:
+    """Trainable parameters plus the fusion model's buffers (the decoder's PE matrix travels with it)."""
+    sd = net.state_dict()
+    keep = set(trainable) | {f"model.{n}" for n, _ in net.model.named_buffers()}
+    return {k: v for k, v in sd.items() if k in keep}
+
+
+def _make_loader(ds: Dataset, batches: list[list[int]], num_workers: int) -> DataLoader:
+    # An explicit generator keeps the DataLoader from drawing on the global RNG (dropout's), so resume is exact.
+    return DataLoader(ds, batch_sampler=batches, num_workers=num_workers, collate_fn=collate,
+                      generator=torch.Generator(), persistent_workers=False, pin_memory=False)
+
+
+def fit(
+    cfg: Config,
+    net: Net,
+    train_ds: Dataset,
+    val_ds: Dataset | None,
+    run_dir: str | Path,
+    *,
+    kind: str,
+    trainable: Callable[[str], bool],
+    fingerprint: dict[str, Any] | None,
+    device: torch.device,
+    extra: dict[str, Any] | None = None,
+    resume: bool = True,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Train ``net`` on ``train_ds``, validating on ``val_ds`` each ``val_every`` epochs.
+
+    Writes ``last.pt`` (every epoch and every ``save_every_steps``), ``best.pt`` (best val mIoU),
+    ``metrics.jsonl`` and ``config.yaml`` into ``run_dir``. Resumes from ``last.pt`` when present.
+
+    Returns:
+        Summary dict: steps, epochs, best_miou, last val metrics, paths.
+    """
+    from tqdm.auto import tqdm
+
+    dist = dist_info()
+    tc = cfg.train
+    run_dir = Path(run_dir)
+    if dist.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        import yaml
+
+        atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    torch.manual_seed(tc.seed)
+    names = set_trainable(net, trainable)
+    net.to(device)
+    params = [p for p in net.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(params, lr=tc.lr, weight_decay=tc.weight_decay)
+    state = LoopState()
+    mlog = MetricsLog(run_dir / "metrics.jsonl", dist.is_main)
+
+    last_path, best_path = run_dir / "last.pt", run_dir / "best.pt"
+    if resume and last_path.exists():
+        payload = read_checkpoint(last_path)
+        check_compatible(payload, cfg, fingerprint)
+        missing = set(names) - set(payload["weights"])
+        if missing:
+            raise CheckpointFormatError(f"{last_path}: lacks trainable weights {sorted(missing)[:4]}; start a new --run-dir")
+        net.load_state_dict(payload["weights"], strict=False)
+        opt.load_state_dict(payload["state"]["optimizer"])
+        torch.set_rng_state(payload["state"]["rng"])
+        state = LoopState(**payload["state"]["loop"])
+        mlog.truncate_after(state.step)
+        log.info("resumed from %s at epoch %d, step %d", last_path, state.epoch, state.step)
+    ddp_net = dist.wrap(net)
+
+    def save(path: Path) -> None:
+        if dist.is_main:
+            save_checkpoint(path, kind=kind, cfg=cfg, weights=saved_weights(net, names), fingerprint=fingerprint,
+                            state={"optimizer": opt.state_dict(), "rng": torch.get_rng_state(),
+                                   "loop": state.to_dict()}, extra=extra)
+
+    n = len(train_ds)  # type: ignore[arg-type]
+    last_val: EvalResult | None = None
+    stop = False
+    while state.epoch < tc.epochs and not stop:
+        batches = epoch_batches(n, tc.batch_size, tc.seed, state.epoch, dist)[state.batch_in_epoch:]
+        loader = _make_loader(train_ds, batches, tc.num_workers)
+        net.train()
+        t0, seen, loss_sum = time.perf_counter(), 0, 0.0
+        bar = tqdm(loader, desc=f"{kind} epoch {state.epoch + 1}/{tc.epochs}", disable=not (progress and dist.is_main),
+                   leave=False, unit="batch")
+        for batch in bar:
+            batch = batch.to(device)
+            with amp_context(device, tc.amp):
+                logits = ddp_net(batch.image, batch.audio)
+            loss = dist.global_mean_loss(masked_bce(logits, batch.masks, batch.mask_valid), batch.mask_valid)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            state.step += 1
+            state.batch_in_epoch += 1
+            seen += len(batch.clip_ids) * dist.world
+            loss_v = dist.mean_scalar(loss.detach())
+            loss_sum += loss_v
+            rate = seen / max(time.perf_counter() - t0, 1e-9)
+            bar.set_postfix(loss=f"{loss_v:.4f}", clips_s=f"{rate:.1f}")
+            mlog.write(kind="step", epoch=state.epoch, step=state.step, loss=loss_v)
+            if tc.save_every_steps and state.step % tc.save_every_steps == 0:
+                save(last_path)
+            if tc.max_steps and state.step >= tc.max_steps:
+                stop = True
+                break
+        epoch_done = not stop or state.batch_in_epoch >= len(epoch_batches(n, tc.batch_size, tc.seed, state.epoch, dist))
+        if epoch_done:
+            finished_epoch = state.epoch
+            state.epoch += 1
+            state.batch_in_epoch = 0
+            record: dict[str, Any] = {"kind": "epoch", "epoch": finished_epoch, "step": state.step,
+                                      "train_loss": loss_sum / max(len(batches), 1),
+                                      "clips_per_s": seen / max(time.perf_counter() - t0, 1e-9)}
+            if val_ds is not None and len(val_ds) and (state.epoch % tc.val_every == 0 or state.epoch == tc.epochs):  # type: ignore[arg-type]
+                last_val = evaluate_net(net, val_ds, device, batch_size=tc.batch_size, amp=tc.amp,
+                                        num_workers=tc.num_workers, progress=False)
+                record.update(val_miou=last_val.miou, val_fscore=last_val.fscore)
+                if last_val.miou > state.best_miou:
+                    state.best_miou = last_val.miou
+                    save(best_path)
+            mlog.write(**record)
+            log.info("epoch %d: %s", finished_epoch + 1,
+                     ", ".join(f"{k}={v:.4f}" for k, v in record.items() if isinstance(v, float)))
+        save(last_path)
+    if dist.is_main and not best_path.exists():
+        save(best_path)  # no validation split: best == last
+    dist.barrier()
+    return {"steps": state.step, "epochs": state.epoch, "best_miou": state.best_miou,
+            "val": last_val.summary() if last_val else None, "run_dir": str(run_dir),
+            "best": str(best_path), "last": str(last_path)}
+
+
+def trainable_predicate(prefixes: Sequence[str]) -> Callable[[str], bool]:
+    """Names under any of ``prefixes`` (dot-terminated module paths) are trainable."""
+    pre = tuple(p if p.endswith(".") else p + "." for p in prefixes)
+    return lambda name: name.startswith(pre)
