@@ -17,12 +17,13 @@ from typing import Any
 import torch
 
 from stbava.config import Config, config_from_dict
+from stbava.encoders.checkpoints import CheckpointError
 
 FORMAT = "stbava-checkpoint"
 VERSION = 1
 
 
-class CheckpointFormatError(ValueError):
+class CheckpointFormatError(CheckpointError):
     """A checkpoint that cannot be used: truncated, foreign, or made for another config/cache."""
 
 

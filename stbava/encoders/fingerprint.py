@@ -1,0 +1,106 @@
+"""A stable description of everything that determines the cached embeddings.
+
+Why: a feature cache is only valid for the exact encoders (architecture, weights, init seed) and
+preprocessing that produced it. The fingerprint is a JSON-able dict stored in the cache manifest; a
+reader compares it with the one for its own config and refuses a mismatch. Checkpoint files are
+identified by their content (sha256), not their path, so moving a file keeps the cache valid.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from stbava import thirdparty
+from stbava.config import EncoderConfig
+from stbava.encoders.audio import EMBED_DIM
+from stbava.encoders.checkpoints import require_file
+from stbava.encoders.image import IMAGE_ENCODERS, NORM_EPS, PIXEL_MEAN, PIXEL_STD, grid_size, image_size
+
+SCHEMA = 1  # bump when the meaning of a field (or any preprocessing step) changes
+_BLOCK = 1 << 20
+_digests: dict[tuple[str, int, int], str] = {}
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB blocks; cached per (path, size, mtime) within the process."""
+    p = Path(path).expanduser().resolve()
+    st = p.stat()
+    key = (str(p), st.st_size, st.st_mtime_ns)
+    if key not in _digests:
+        h = hashlib.sha256()
+        with open(p, "rb") as f:
+            while block := f.read(_BLOCK):
+                h.update(block)
+        _digests[key] = h.hexdigest()
+    return _digests[key]
+
+
+def _weights(path: str | None, what: str, random_desc: str) -> str:
+    if path is None:
+        return random_desc
+    return "sha256:" + file_sha256(require_file(path, what))
+
+
+def encoder_fingerprint(enc: EncoderConfig, frames: int) -> dict[str, Any]:
+    """Fingerprint of the stage-one encoders and preprocessing.
+
+    Args:
+        enc: encoder section of the config (name, checkpoints, PCA file, seed).
+        frames: frames (and 0.96 s audio examples) per clip.
+
+    Returns:
+        A JSON-able dict; compare with ``==`` or via :func:`fingerprint_digest`.
+    """
+    img, grid = image_size(enc.name), grid_size(enc.name)  # ConfigError for an unknown name
+    _, vp = thirdparty.vggish_mel()
+    arch = dict(IMAGE_ENCODERS[enc.name])
+    arch["global_attn_indexes"] = list(arch["global_attn_indexes"])
+    return {
+        "schema": SCHEMA,
+        "frames": int(frames),
+        "image": {
+            "encoder": enc.name,
+            "arch": "segment_anything ImageEncoderViT",
+            "kwargs": dict(arch, norm_eps=NORM_EPS),
+            "img_size": img,
+            "grid": grid,
+            "weights": _weights(enc.sam_checkpoint, "sam", f"random-init seed={enc.seed} (SAM default init)"),
+            "preprocess": {
+                "decode": "RGB uint8",
+                "resize": "longest side to img_size, side = int(side*scale+0.5), PIL bilinear",
+                "normalise": "(x - pixel_mean) / pixel_std on 0..255",
+                "pixel_mean": list(PIXEL_MEAN),
+                "pixel_std": list(PIXEL_STD),
+                "pad": "zeros bottom/right to img_size after normalisation",
+            },
+        },
+        "audio": {
+            "arch": "torchvggish VGG(make_layers(), postprocess=False)",
+            "embed_dim": EMBED_DIM,
+            "weights": _weights(enc.vggish_checkpoint, "vggish",
+                                f"random-init seed={enc.seed} (kaiming_normal fan_in relu, zero bias)"),
+            "pca": None if enc.vggish_pca is None else _weights(enc.vggish_pca, "vggish_pca", ""),
+            "log_mel": {
+                "sample_rate": vp.SAMPLE_RATE,
+                "stft_window_s": vp.STFT_WINDOW_LENGTH_SECONDS,
+                "stft_hop_s": vp.STFT_HOP_LENGTH_SECONDS,
+                "mel_bands": vp.NUM_MEL_BINS,
+                "mel_min_hz": vp.MEL_MIN_HZ,
+                "mel_max_hz": vp.MEL_MAX_HZ,
+                "log_offset": vp.LOG_OFFSET,
+                "example_window_s": vp.EXAMPLE_WINDOW_SECONDS,
+                "example_hop_s": vp.EXAMPLE_HOP_SECONDS,
+                "examples": "first `frames` examples; pad by repeating the last",
+                "input": "mono (channel mean), int16 / 32768, resampled to sample_rate",
+            },
+        },
+    }
+
+
+def fingerprint_digest(fp: dict[str, Any]) -> str:
+    """16 hex chars of sha256 over canonical JSON (sorted keys, no whitespace)."""
+    text = json.dumps(fp, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
