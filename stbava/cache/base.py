@@ -1,0 +1,248 @@
+"""One reader/writer contract over interchangeable storage backends, chosen by name.
+
+As in lhotse's feature storage, a backend is a small class registered under a name ("zarr", "hdf5") and
+the name is recorded in the manifest. Everything that must behave the same for every backend (fingerprint
+checks, shape validation, the write-arrays-then-done-flag order, the writer lock) lives here, once; the
+backends only move arrays in and out of their store (see :class:`Storage`).
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import shutil
+import socket
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any, ClassVar, Protocol
+
+import numpy as np
+
+from stbava.cache.manifest import (
+    AUDIO,
+    IMAGE,
+    LOG_MEL,
+    CacheError,
+    CacheManifest,
+    array_specs,
+    fingerprint_differences,
+    normalise,
+)
+
+__all__ = ["REBUILD_HINT", "CacheError", "Storage", "WriterLock", "detect_backend", "get_backend",
+           "register_backend"]
+
+log = logging.getLogger(__name__)
+
+REBUILD_HINT = "`stbava extract-features --cache {path} ...` (or `make extract-features CACHE={path}`)"
+_BUILTIN = ("stbava.cache.zarr_backend", "stbava.cache.hdf5_backend")
+_BACKENDS: dict[str, type[Storage]] = {}
+
+
+class Storage(Protocol):
+    """What a backend implements. Arrays are addressed by ``(split, name)``, rows by clip.
+
+    Instances open their store lazily and reopen after a fork (new pid), so a reader that holds one can be
+    sent to DataLoader workers; no open file handle is ever pickled.
+    """
+
+    name: ClassVar[str]
+    codecs: ClassVar[tuple[str, ...]]  # first = default
+    suffix: ClassVar[str]  # conventional path suffix, for messages
+
+    def __init__(self, path: Path, writable: bool) -> None: ...
+
+    @staticmethod
+    def detect(path: Path) -> bool: ...
+
+    @staticmethod
+    def create(path: Path, manifest: CacheManifest) -> None:
+        """Build a complete store (arrays for every split, done flags False, manifest) at a fresh ``path``."""
+
+    def read_manifest(self) -> dict[str, Any]: ...
+
+    def write_manifest(self, manifest: CacheManifest) -> None:
+        """Replace the stored manifest atomically."""
+
+    def grow(self, manifest: CacheManifest, split: str) -> None:
+        """Create or enlarge ``split``'s arrays and done flags to ``len(manifest.splits[split])`` rows."""
+
+    def write_row(self, split: str, row: int, arrays: Mapping[str, np.ndarray]) -> None:
+        """Write one clip's arrays and make them durable before returning."""
+
+    def set_done(self, split: str, row: int, value: bool) -> None: ...
+
+    def done(self, split: str) -> np.ndarray:
+        """Bool ``[rows]`` done flags of a split."""
+
+    def read(self, split: str, name: str, row: int, frames: slice | list[int]) -> np.ndarray: ...
+
+    def close(self) -> None: ...
+
+
+def register_backend(cls: type[Storage]) -> type[Storage]:
+    """Class decorator: make a backend available under ``cls.name``."""
+    _BACKENDS[cls.name] = cls
+    return cls
+
+
+def _load_builtin() -> None:
+    for mod in _BUILTIN:
+        importlib.import_module(mod)
+
+
+def get_backend(name: str) -> type[Storage]:
+    _load_builtin()
+    if name not in _BACKENDS:
+        raise CacheError(f"unknown cache backend {name!r}: use one of {', '.join(sorted(_BACKENDS))}")
+    return _BACKENDS[name]
+
+
+def detect_backend(path: Path) -> type[Storage]:
+    """The backend whose store is at ``path``; CacheError when there is none."""
+    _load_builtin()
+    if not path.exists():
+        raise CacheError(f"no feature cache at {path}; build it with {REBUILD_HINT.format(path=path)}")
+    for cls in _BACKENDS.values():
+        if cls.detect(path):
+            return cls
+    raise CacheError(f"{path} is not a stbava feature cache (no manifest found); point --cache at a cache "
+                     f"built with {REBUILD_HINT.format(path=path)}, or delete it and rebuild")
+
+
+def load_manifest(storage: Storage, cls: type[Storage], path: Path) -> CacheManifest:
+    manifest = CacheManifest.from_dict(storage.read_manifest(), str(path))
+    if manifest.backend != cls.name:
+        raise CacheError(f"cache {path}: manifest says backend {manifest.backend!r} but the store is "
+                         f"{cls.name!r}; the cache is damaged, rebuild it")
+    return manifest
+
+
+def check_fingerprint(manifest: CacheManifest, expected: Mapping[str, Any] | None, path: Path,
+                      writing: bool) -> None:
+    """Refuse a cache built by other encoders: its embeddings would silently mean something else."""
+    if expected is None or manifest.fingerprint == normalise(dict(expected)):
+        return
+    keys = ", ".join(fingerprint_differences(manifest.fingerprint, expected)) or "(values)"
+    fix = ("delete it or choose another --cache path, then rerun `stbava extract-features`" if writing else
+           f"rebuild it (after deleting it, or into a new path) with {REBUILD_HINT.format(path=path)} using the "
+           "same encoder settings, or point at the cache those settings produced")
+    raise CacheError(f"cache {path} holds embeddings of another encoder (fingerprint differs in: {keys}); {fix}")
+
+
+def validate_arrays(manifest: CacheManifest, clip_id: str, path: Path, image: np.ndarray, audio: np.ndarray,
+                    log_mel: np.ndarray | None) -> dict[str, np.ndarray]:
+    """Check declared vs actual shapes (as lhotse does on every write), cast to the stored dtypes."""
+    given = {IMAGE: image, AUDIO: audio}
+    if manifest.has_log_mel:
+        if log_mel is None:
+            raise CacheError(f"cache {path} stores log-mels but none were given for clip {clip_id}")
+        given[LOG_MEL] = log_mel
+    elif log_mel is not None:
+        raise CacheError(f"cache {path} was created without log-mels; rebuild it with --store-log-mel")
+    out = {}
+    for name, arr in given.items():
+        spec = manifest.arrays[name]
+        want = (manifest.frames, *spec.frame_shape)
+        arr = np.asarray(arr)
+        if arr.shape != want:
+            raise CacheError(f"cache {path}: {name} of clip {clip_id} has shape {arr.shape}, expected {want}")
+        with np.errstate(over="ignore"):  # overflow to inf is reported below, with the clip's name
+            arr = np.ascontiguousarray(arr, dtype=spec.dtype)
+        if not np.isfinite(arr).all():
+            raise CacheError(f"cache {path}: {name} of clip {clip_id} has NaN/inf values (after casting to "
+                             f"{spec.dtype}); refusing to cache them")
+        out[name] = arr
+    return out
+
+
+class WriterLock:
+    """``<cache>.lock`` created with O_EXCL holding ``pid host``: one writer per cache.
+
+    A lock left by a dead process on this host is taken over with a warning; anything else is a CacheError.
+    """
+
+    def __init__(self, cache_path: Path) -> None:
+        self.cache = cache_path
+        self.path = cache_path.with_name(cache_path.name + ".lock")
+        self.token = f"{os.getpid()} {socket.gethostname()}"
+        self.held = False
+
+    def acquire(self) -> None:
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                if not self._stale():
+                    owner = self._owner() or "unknown process"
+                    raise CacheError(f"cache {self.cache} is being written by {owner} (lock file "
+                                     f"{self.path}); wait for it, or delete the lock file if that process is "
+                                     "gone") from None
+                log.warning("taking over stale lock %s (%s is not running)", self.path, self._owner())
+                self.path.unlink(missing_ok=True)
+                continue
+            with os.fdopen(fd, "w") as f:
+                f.write(self.token + "\n")
+            self.held = True
+            return
+        raise CacheError(f"could not take the lock {self.path}; delete it if no extraction is running")
+
+    def _owner(self) -> str | None:
+        try:
+            parts = self.path.read_text().split()
+        except OSError:
+            return None
+        return f"pid {parts[0]} on {parts[1]}" if len(parts) == 2 else None
+
+    def _stale(self) -> bool:
+        try:
+            pid_s, host = self.path.read_text().split()
+            pid = int(pid_s)
+        except (OSError, ValueError):
+            return False  # unreadable or half-written by a live process: do not guess
+        if host != socket.gethostname():
+            return False
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False
+        return False
+
+    def release(self) -> None:
+        if self.held:
+            try:
+                if self.path.read_text().strip() == self.token:
+                    self.path.unlink()
+            except OSError:
+                pass
+            self.held = False
+
+
+def remove_partials(path: Path) -> None:
+    """Delete stores left half-created by a crashed ``create`` (only called while holding the lock)."""
+    for p in path.parent.glob(f".{path.name}.partial-*"):
+        shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
+
+
+def create_store(cls: type[Storage], path: Path, manifest: CacheManifest) -> None:
+    """Build the store beside ``path`` and rename it into place, so a cache either exists whole or not at all."""
+    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
+    try:
+        cls.create(tmp, manifest)
+        os.rename(tmp, path)
+    except BaseException:
+        if tmp.exists():
+            shutil.rmtree(tmp) if tmp.is_dir() else tmp.unlink()
+        raise
+
+
+def new_manifest(backend: str, fingerprint: Mapping[str, Any], clips: Iterable[tuple[str, str]], frames: int,
+                 emb_shape: tuple[int, int, int], store_log_mel: bool, codec: str,
+                 info: Mapping[str, Any] | None) -> CacheManifest:
+    m = CacheManifest(backend=backend, frames=int(frames), arrays=array_specs(frames, emb_shape, store_log_mel),
+                      fingerprint=dict(fingerprint), splits={}, codec=codec, info=dict(info or {}))
+    m.add_clips(list(clips))
+    return m

@@ -1,0 +1,166 @@
+"""Write side of the cache: create or resume a store, write whole clips, then flag them done."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from stbava.cache.base import (
+    Storage,
+    WriterLock,
+    check_fingerprint,
+    create_store,
+    detect_backend,
+    get_backend,
+    load_manifest,
+    new_manifest,
+    remove_partials,
+    validate_arrays,
+)
+from stbava.cache.manifest import CacheError, CacheManifest, array_specs
+
+log = logging.getLogger(__name__)
+
+
+class CacheWriter:
+    """Holds the writer lock and the store open; use as a context manager.
+
+    ``write_clip`` writes a clip's arrays, makes them durable, and only then sets its done flag, so a run
+    killed at any point leaves every clip either done with complete data or not done (and redone on resume).
+    """
+
+    def __init__(self, path: Path, storage: Storage, manifest: CacheManifest, lock: WriterLock) -> None:
+        self.path = path
+        self.manifest = manifest
+        self._storage = storage
+        self._lock = lock
+        self._done = {s: np.array(storage.done(s), dtype=bool) for s in manifest.splits}
+
+    @property
+    def backend(self) -> str:
+        return self.manifest.backend
+
+    @property
+    def fingerprint(self) -> dict[str, Any]:
+        return self.manifest.fingerprint
+
+    def _where(self, clip_id: str) -> tuple[str, int]:
+        where = self.manifest.locate(clip_id)
+        if where is None:
+            raise CacheError(f"clip {clip_id!r} is not listed in cache {self.path}; pass it to create_cache")
+        return where
+
+    def is_done(self, clip_id: str) -> bool:
+        split, row = self._where(clip_id)
+        return bool(self._done[split][row])
+
+    def num_done(self) -> int:
+        return int(sum(int(f.sum()) for f in self._done.values()))
+
+    def write_clip(self, clip_id: str, image_emb: np.ndarray, audio_emb: np.ndarray,
+                   log_mel: np.ndarray | None = None) -> None:
+        """Store one clip.
+
+        Args:
+            clip_id: a clip listed in the manifest.
+            image_emb: ``[T,256,h,w]`` (cast to float16).
+            audio_emb: ``[T,128]`` (cast to float32).
+            log_mel: ``[T,1,96,64]``; required exactly when the cache stores log-mels.
+        """
+        split, row = self._where(clip_id)
+        arrays = validate_arrays(self.manifest, clip_id, self.path, image_emb, audio_emb, log_mel)
+        if self._done[split][row]:  # overwrite: unflag first so a crash mid-write cannot leave stale "done"
+            self._storage.set_done(split, row, False)
+            self._done[split][row] = False
+        self._storage.write_row(split, row, arrays)
+        self._storage.set_done(split, row, True)
+        self._done[split][row] = True
+
+    def close(self) -> None:
+        try:
+            self._storage.close()
+        finally:
+            self._lock.release()
+
+    def __enter__(self) -> CacheWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _check_layout(m: CacheManifest, path: Path, frames: int, emb_shape: tuple[int, int, int],
+                  store_log_mel: bool) -> None:
+    if m.has_log_mel != store_log_mel:
+        raise CacheError(f"cache {path} was created {'with' if m.has_log_mel else 'without'} --store-log-mel; "
+                         "resume it with the same setting, or choose another --cache path")
+    want = {k: v.to_dict() for k, v in array_specs(frames, emb_shape, store_log_mel).items()}
+    have = {k: v.to_dict() for k, v in m.arrays.items()}
+    if m.frames != frames or want != have:
+        raise CacheError(f"cache {path} has another layout (frames={m.frames}, arrays={sorted(have)}, image "
+                         f"{list(m.emb_shape)}) than requested (frames={frames}, arrays={sorted(want)}, image "
+                         f"{list(emb_shape)}); match --store-log-mel/--encoder, or choose another --cache path")
+
+
+def create_cache(path: str | Path, backend: str = "zarr", *, fingerprint: Mapping[str, Any],
+                 clips: Iterable[tuple[str, str]], frames: int, emb_shape: tuple[int, int, int],
+                 store_log_mel: bool = False, codec: str | None = None,
+                 info: Mapping[str, Any] | None = None) -> CacheWriter:
+    """Create a cache, or open an existing one to resume (clips it does not list yet are appended).
+
+    Args:
+        path: the store to create (``x.zarr`` directory / ``x.h5`` file); its parent is created.
+        backend: a registered backend name (``zarr`` or ``hdf5``).
+        fingerprint: the encoder fingerprint; an existing cache must hold exactly this one.
+        clips: ``(clip_id, split)`` pairs in the order rows are assigned.
+        frames: T, frames per clip.
+        emb_shape: ``(256, h, w)`` of one frame's image embedding.
+        store_log_mel: also keep the ``[T,1,96,64]`` VGGish inputs.
+        codec: backend codec name (the backend's default when None); ignored when resuming.
+        info: informational extras recorded in a new manifest (amp, device, ...).
+
+    Raises:
+        CacheError: another writer holds the lock, or the existing store has another backend, encoder
+            fingerprint or layout.
+    """
+    p = Path(path)
+    cls = get_backend(backend)
+    codec = codec or cls.codecs[0]
+    if codec not in cls.codecs:
+        raise CacheError(f"codec {codec!r} is not available for {cls.name}: use one of {', '.join(cls.codecs)}")
+    p.parent.mkdir(parents=True, exist_ok=True)
+    clips = list(clips)
+    lock = WriterLock(p)
+    lock.acquire()
+    try:
+        remove_partials(p)
+        if not p.exists():
+            manifest = new_manifest(cls.name, fingerprint, clips, frames, emb_shape, store_log_mel, codec, info)
+            create_store(cls, p, manifest)
+            return CacheWriter(p, cls(p, writable=True), manifest, lock)
+        found = detect_backend(p)
+        if found is not cls:
+            raise CacheError(f"cache {p} is a {found.name} store; pass --backend {found.name} to resume it, or "
+                             "choose another --cache path")
+        storage = cls(p, writable=True)
+        try:
+            manifest = load_manifest(storage, cls, p)
+            check_fingerprint(manifest, fingerprint, p, writing=True)
+            _check_layout(manifest, p, frames, emb_shape, store_log_mel)
+            grown = manifest.add_clips(clips)
+            for split in grown:  # arrays first, then the manifest that lists their rows
+                storage.grow(manifest, split)
+            if grown:
+                storage.write_manifest(manifest)
+                log.info("cache %s: added rows to %s", p, ", ".join(f"{s} ({n})" for s, n in grown.items()))
+            return CacheWriter(p, storage, manifest, lock)
+        except BaseException:
+            storage.close()
+            raise
+    except BaseException:
+        lock.release()
+        raise
