@@ -1,0 +1,170 @@
+"""AVSModel: shapes/dtypes, batched decoder == per-frame loop, clip independence, ablations, SAM init."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from stbava.config import load_config
+from stbava.encoders.checkpoints import PE_KEY, CheckpointError, sam_decoder_state
+from stbava.model.avs_model import AVSModel
+from stbava.model.build import build_model, model_kwargs
+from stbava.testing import build_sam
+
+G, IMG = 16, 256  # tiny encoder grid / input size
+
+
+def _model(seed: int = 0, **kw) -> AVSModel:
+    torch.manual_seed(seed)
+    args = {"grid": G, "img_size": IMG, "depth": 2, **kw}
+    return AVSModel(**args).eval()
+
+
+def _inputs(b: int = 2, t: int = 3, seed: int = 1):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(b, t, 256, G, G, generator=g), torch.rand(b, t, 128, generator=g) * 2
+
+
+def test_shapes_dtype_and_half_inputs():
+    m = _model()
+    img, aud = _inputs()
+    with torch.no_grad():
+        out = m(img, aud)
+        out16 = m(img.half(), aud)
+    assert out.shape == (2, 3, 224, 224) and out.dtype == torch.float32
+    torch.testing.assert_close(out16, m(img.half().float(), aud).detach())
+    assert torch.isfinite(out).all()
+
+
+def test_bad_shapes_are_clear_errors():
+    m = _model()
+    img, aud = _inputs()
+    with pytest.raises(ValueError, match="another encoder"):
+        m(torch.zeros(2, 3, 256, 64, 64), aud)
+    with pytest.raises(ValueError, match="audio embeddings"):
+        m(img, aud[:, :2])
+
+
+def test_batched_decoder_equals_published_per_frame_loop():
+    m = _model()
+    img, aud = _inputs(b=2, t=3)
+    with torch.no_grad():
+        out = m(img, aud)
+        fo = m.fuse(img, aud)
+        pe = m.dense_pe(torch.float32)
+        frames = []
+        for bi in range(2):
+            for ti in range(3):
+                dense = fo.V[bi, ti].T.reshape(256, G, G)
+                sparse = fo.A[bi, ti][None, None].repeat(1, 2, 1)
+                low, _ = m.mask_decoder(img[bi, ti][None], pe, sparse, dense, multimask_output=True)
+                frames.append(m.upsample(low)[0])
+    loop = torch.stack(frames).reshape(2, 3, 224, 224)
+    torch.testing.assert_close(out, loop, rtol=1e-5, atol=1e-5)
+
+
+def test_clip_output_unchanged_when_other_clips_join_the_batch():
+    m = _model()
+    img, aud = _inputs(b=3)
+    with torch.no_grad():
+        together = m(img, aud)
+        alone = m(img[2:], aud[2:])
+    torch.testing.assert_close(together[2:], alone, rtol=1e-5, atol=1e-5)
+
+
+def test_fusion_outputs_and_audio_normalisation():
+    m = _model()
+    img, aud = _inputs()
+    with torch.no_grad():
+        fo = m.fuse(img, aud)
+    assert fo.V0.shape == fo.V.shape == (2, 3, G * G, 256)
+    assert fo.A0.shape == fo.A.shape == (2, 3, 256)
+    torch.testing.assert_close(fo.A0.norm(dim=-1), torch.ones(2, 3))
+    torch.testing.assert_close(fo.V0[0, 0, :, 5], img[0, 0, 5].flatten())  # channels-last tokens
+
+
+def test_audio_changes_the_masks_and_gradients_flow():
+    m = _model().train()
+    img, aud = _inputs(b=1)
+    out = m(img, aud)
+    out.sigmoid().mean().backward()
+    assert m.audio_embed_layer.weight.grad.abs().sum() > 0
+    assert all(p.grad is not None for p in m.layers.parameters())
+    m.eval()
+    with torch.no_grad():
+        assert not torch.allclose(m(img, aud), m(img, aud.flip(1)), atol=1e-4)
+
+
+def test_decoder_only_baseline():
+    m = _model(fusion=False)
+    assert len(m.layers) == 0
+    img, aud = _inputs(b=1, t=2)
+    with torch.no_grad():
+        out = m(img, aud)
+        fo = m.fuse(img, aud)
+        for t in range(2):
+            sparse = fo.A0[0, t][None, None].repeat(1, 2, 1)
+            low, _ = m.mask_decoder(img[0, t][None], m.dense_pe(torch.float32), sparse,
+                                    torch.zeros(1, 256, G, G), multimask_output=True)
+            torch.testing.assert_close(out[0, t], m.upsample(low)[0], rtol=1e-5, atol=1e-5)
+
+
+def test_depth_zero_is_the_published_zero_layer_model():
+    m = _model(depth=0)
+    img, aud = _inputs(b=1, t=1)
+    with torch.no_grad():
+        fo = m.fuse(img, aud)
+    torch.testing.assert_close(fo.A, 2 * fo.A0)  # A_L + A0 with A_L = A0
+    torch.testing.assert_close(fo.V, fo.V0)
+
+
+@pytest.mark.parametrize("overrides",
+                         [{"spatial_mode": "paper"}, {"temporal": False}, {"bidirectional": False}])
+def test_ablations_run_end_to_end(overrides):
+    m = _model(**overrides)
+    img, aud = _inputs(b=1, t=2)
+    out = m(img, aud)
+    assert out.shape == (1, 2, 224, 224)
+    out.mean().backward()
+
+
+def test_build_model_from_config_and_parameter_counts():
+    cfg = load_config(None, {"frames": 3, "model": {"depth": 3}})
+    kw = model_kwargs(cfg)
+    assert (kw["grid"], kw["img_size"], kw["mask_size"]) == (16, 256, 224)
+    m = build_model(cfg)
+    def count(mod):
+        return sum(p.numel() for p in mod.parameters())
+
+    assert count(m.audio_embed_layer) == 33_024
+    assert count(m.mask_decoder) == 4_058_340
+    assert count(m.layers) == 3 * 1_056_768
+    top = {k.split(".")[0] for k in m.state_dict()}
+    assert top == {"audio_embed_layer", "layers", "pe_layer", "mask_decoder"}
+    base = build_model(load_config(None, {"model": {"fusion": False}}))
+    assert len(base.layers) == 0
+
+
+def test_build_model_starts_decoder_and_pe_from_sam():
+    sam_sd = build_sam("tiny", seed=3).state_dict()
+    cfg = load_config(None, {"model": {"depth": 1}})
+    m = build_model(cfg, sam_decoder_state(sam_sd))
+    for k, v in m.mask_decoder.state_dict().items():
+        assert torch.equal(v, sam_sd[f"mask_decoder.{k}"]), k
+    assert torch.equal(m.pe_layer.positional_encoding_gaussian_matrix, sam_sd[PE_KEY])
+    # same PE grid as SAM's prompt encoder uses for this embedding size
+    sam = build_sam("tiny", seed=3)
+    torch.testing.assert_close(m.dense_pe(torch.float32), sam.prompt_encoder.get_dense_pe())
+    # a full SAM state dict works too (image / prompt encoder parts are ignored)
+    build_model(cfg, sam_sd)
+
+
+def test_build_model_rejects_incomplete_sam_state():
+    sam_sd = sam_decoder_state(build_sam("tiny").state_dict())
+    cfg = load_config(None, {"model": {"depth": 1}})
+    broken = {k: v for k, v in sam_sd.items() if k != "mask_decoder.iou_token.weight"}
+    with pytest.raises(CheckpointError, match="iou_token"):
+        build_model(cfg, broken)
+    no_pe = {k: v for k, v in sam_sd.items() if k != PE_KEY}
+    with pytest.raises(CheckpointError, match="positional_encoding_gaussian_matrix"):
+        build_model(cfg, no_pe)
