@@ -112,10 +112,14 @@ def synth_cmd(out: Path, subset: str, clips_per_split: int, seed: int, frames: i
 @click.option("--codec", default=None, help="Codec of a new store (zarr: blosc-lz4|none|blosc-zstd|zstd; "
                                            "hdf5: none|lzf|gzip); backend default when absent.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
+@click.option("--verify", is_flag=True, help="Read back every done clip first; re-extract those that no longer decode.")
+@click.option("--sdpa/--no-sdpa", default=None,
+              help="Fused SDPA attention in the image encoder (exact); default: on for CUDA, off on CPU.")
 def extract_features_cmd(data_root: Path, subset: str, cache_path: Path, backend: str, encoder: str,
                          sam_checkpoint: Path | None, vggish_checkpoint: Path | None, vggish_pca: Path | None,
                          splits: tuple[str, ...], batch_size: int, device: str, amp: str, store_log_mel: bool,
-                         seed: int, frames: int, num_workers: int, codec: str | None, no_progress: bool) -> None:
+                         seed: int, frames: int, num_workers: int, codec: str | None, no_progress: bool,
+                         verify: bool, sdpa: bool | None) -> None:
     """Encode every clip once with the frozen SAM image encoder and VGGish into a feature cache (resumable)."""
     from stbava.config import EncoderConfig
     from stbava.pipeline.extract import run_extraction
@@ -128,9 +132,13 @@ def extract_features_cmd(data_root: Path, subset: str, cache_path: Path, backend
     with cli_errors():
         s = run_extraction(data_root, subset, cache_path, backend, enc, splits=splits or None, batch_size=batch_size,
                            device=device, amp=amp, frames=frames, store_log_mel=store_log_mel,
-                           progress=not no_progress, num_workers=num_workers, codec=codec)
-    click.echo(f"cache {s.cache} ({s.backend}, encoders {s.fingerprint}): {s.total} clips, wrote {s.written}, "
-               f"{s.skipped} already done; {s.seconds:.1f} s ({s.clips_per_s:.2f} clips/s) on {s.device}")
+                           progress=not no_progress, num_workers=num_workers, codec=codec, verify=verify,
+                           sdpa=sdpa)
+    from stbava.pipeline.distributed import dist_info
+
+    if dist_info().is_main:  # under torchrun every rank returns the job's totals; one line is enough
+        click.echo(f"cache {s.cache} ({s.backend}, encoders {s.fingerprint}): {s.total} clips, wrote {s.written}, "
+                   f"{s.skipped} already done; {s.seconds:.1f} s ({s.clips_per_s:.2f} clips/s) on {s.device}")
 # <<< extract commands
 
 # >>> train commands

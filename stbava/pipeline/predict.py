@@ -64,17 +64,25 @@ def read_video(path: Path, max_side: int = 640) -> MediaInput:
         originals: list[np.ndarray] = []
         vstream = container.streams.video[0]
         vstream.thread_type = "AUTO"
+        def take(frame) -> None:
+            img = frame.to_ndarray(format="rgb24")
+            picked.append(_squash(img))
+            scale = max_side / max(img.shape[:2])
+            if scale < 1:
+                img = np.asarray(Image.fromarray(img).resize(
+                    (int(img.shape[1] * scale) // 2 * 2, int(img.shape[0] * scale) // 2 * 2)))
+            originals.append(img)
+
+        last, last_t = None, -1.0
         try:
             for frame in container.decode(vstream):
-                t = float(frame.time) if frame.time is not None else 0.0
-                while t >= len(picked) + FRAME_OFFSET_S - 1e-6:
-                    img = frame.to_ndarray(format="rgb24")
-                    picked.append(_squash(img))
-                    scale = max_side / max(img.shape[:2])
-                    if scale < 1:
-                        img = np.asarray(Image.fromarray(img).resize(
-                            (int(img.shape[1] * scale) // 2 * 2, int(img.shape[0] * scale) // 2 * 2)))
-                    originals.append(img)
+                last_t = float(frame.time) if frame.time is not None else 0.0
+                last = frame
+                while last_t >= len(picked) + FRAME_OFFSET_S - 1e-6:
+                    take(frame)
+            # The video may end inside its last second before the 15/16 s sampling point: use its last frame.
+            if last is not None and last_t >= len(picked):
+                take(last)
         except av.error.FFmpegError as e:
             raise DataError(f"{path}: video stream is corrupt ({e})") from None
         container.seek(0)

@@ -1,0 +1,161 @@
+"""The user-facing chain on tiny synthetic data through the real CLI: extract -> train -> eval -> predict -> adapters."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from click.testing import CliRunner
+
+import stbava
+from stbava.cli import main
+from stbava.data.clips import load_clips
+from stbava.data.io import read_frame
+
+
+def _run(*args: str) -> str:
+    res = CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    return res.output
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("e2e")
+    data = root / "data"
+    _run("synth", data, "--subset", "ms3", "--clips-per-split", 3, "--seed", 1)
+    cache = root / "cache.zarr"
+    _run("extract-features", "--data-root", data, "--subset", "ms3", "--cache", cache, "--encoder", "tiny",
+         "--batch-size", 2, "--no-progress", "--num-workers", 0)
+    run = root / "run"
+    out = _run("train-fusion", "--cache", cache, "--data-root", data, "--run-dir", run, "--epochs", 1,
+               "--batch-size", 2, "--depth", 1, "--lr", 1e-3)
+    assert "best val mIoU" in out
+    return {"root": root, "data": data, "cache": cache, "run": run}
+
+
+def test_eval_report_and_artefacts(trained):
+    report_path = trained["root"] / "eval" / "report.json"
+    masks = trained["root"] / "pred_masks"
+    out = _run("eval", "--checkpoint", trained["run"] / "best.pt", "--cache", trained["cache"], "--data-root",
+               trained["data"], "--split", "test", "--out", report_path, "--save-masks", masks, "--overlays", 2,
+               "--figures", 1)
+    assert "mIoU" in out
+    rep = json.loads(report_path.read_text())
+    assert 0.0 <= rep["miou"] <= 1.0 and 0.0 <= rep["fscore"] <= 1.0
+    assert rep["clips"] == 3 and len(rep["per_clip_iou"]) == 3
+    assert abs(np.mean(list(rep["per_clip_iou"].values())) - rep["miou"]) < 1e-9
+    assert rep["config"]["model"]["depth"] == 1 and len(rep["checkpoint_digest"]) == 64
+    assert rep["cache_fingerprint"]["image"]["encoder"] == "tiny"
+    clip = load_clips(trained["data"], "ms3", ["test"])[0]
+    # AVSBench naming, 1-based frame index
+    assert (masks / "test" / clip.id / f"{clip.id}_1.png").is_file()
+    assert (masks / "test" / clip.id / f"{clip.id}_5.png").is_file()
+    assert len(list((report_path.parent / "overlays").glob("*.png"))) == 2
+    assert len(rep["similarity_figures"]) == 1 and Path(rep["similarity_figures"][0]).is_file()
+
+
+def test_shuffled_audio_changes_predictions(trained):
+    a = trained["root"] / "own.json"
+    b = trained["root"] / "shuffled.json"
+    ckpt = trained["run"] / "best.pt"
+    for path, extra in ((a, []), (b, ["--shuffle-audio"])):
+        _run("eval", "--checkpoint", ckpt, "--cache", trained["cache"], "--data-root", trained["data"], "--out",
+             path, *extra)
+    ra, rb = json.loads(a.read_text()), json.loads(b.read_text())
+    assert rb["shuffled_audio"] is True and ra["shuffled_audio"] is False
+    assert ra["per_clip_iou"] != rb["per_clip_iou"] or ra["fscore"] != rb["fscore"]
+
+
+def test_load_model_public_api(trained):
+    model, cfg = stbava.load_model(trained["run"] / "best.pt")
+    reader = stbava.open_cache(trained["cache"])
+    cid = reader.clip_ids("test")[0]
+    img = torch.from_numpy(reader.image_embeddings(cid))[None]
+    aud = torch.from_numpy(reader.audio_embeddings(cid))[None]
+    logits = model(img, aud)
+    assert logits.shape == (1, 5, 224, 224) and cfg.model.depth == 1
+
+
+def _write_video(path: Path, frames: list[np.ndarray], wav: np.ndarray, fps: int = 10) -> None:
+    with av.open(str(path), "w") as c:
+        vs = c.add_stream("libx264", rate=fps)
+        vs.width, vs.height, vs.pix_fmt = frames[0].shape[1], frames[0].shape[0], "yuv420p"
+        as_ = c.add_stream("aac", rate=16000)
+        as_.layout = "mono"
+        for img in frames:
+            for _ in range(fps):  # each 1-second frame held for a second
+                for p in vs.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                    c.mux(p)
+        for p in vs.encode():
+            c.mux(p)
+        step = 1024
+        for i in range(0, len(wav), step):
+            chunk = wav[i:i + step].astype(np.float32)[None]
+            fr = av.AudioFrame.from_ndarray(chunk, format="fltp", layout="mono")
+            fr.sample_rate = 16000
+            fr.pts = i
+            for p in as_.encode(fr):
+                c.mux(p)
+        for p in as_.encode():
+            c.mux(p)
+
+
+def test_predict_on_a_video_and_a_frames_folder(trained, tmp_path):
+    clip = load_clips(trained["data"], "ms3", ["test"])[0]
+    frames = [read_frame(p) for p in clip.frame_paths]
+    wav, sr = sf.read(clip.wav_path, dtype="float32")
+    # 7 seconds: one full 5-second window + a partial last window aligned to the end
+    frames7 = frames + frames[:2]
+    wav7 = np.concatenate([wav, wav[: 2 * sr]])
+    video = tmp_path / "clip.mp4"
+    _write_video(video, frames7, wav7)
+    out = _run("predict", "--checkpoint", trained["run"], "--input", video, "--out", tmp_path / "pred")
+    assert "7 s in 2 window(s)" in out
+    assert len(list((tmp_path / "pred" / "masks").glob("*.png"))) == 7
+    with av.open(str(tmp_path / "pred" / "overlay.mp4")) as c:
+        assert sum(1 for _ in c.decode(video=0)) == 7
+
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for i, p in enumerate(clip.frame_paths):
+        (folder / f"f{i:02d}.png").write_bytes(p.read_bytes())
+    (folder / "audio.wav").write_bytes(clip.wav_path.read_bytes())
+    out = _run("predict", "--checkpoint", trained["run"] / "best.pt", "--input", folder, "--out", tmp_path / "p2",
+               "--gif")
+    assert "5 s in 1 window(s)" in out and (tmp_path / "p2" / "overlay.gif").is_file()
+
+
+def test_predict_rejects_a_video_without_audio(trained, tmp_path):
+    video = tmp_path / "silent.mp4"
+    with av.open(str(video), "w") as c:
+        vs = c.add_stream("libx264", rate=5)
+        vs.width, vs.height, vs.pix_fmt = 64, 64, "yuv420p"
+        for _ in range(10):
+            for p in vs.encode(av.VideoFrame.from_ndarray(np.zeros((64, 64, 3), np.uint8), format="rgb24")):
+                c.mux(p)
+        for p in vs.encode():
+            c.mux(p)
+    res = CliRunner().invoke(main, ["predict", "--checkpoint", str(trained["run"]), "--input", str(video),
+                                    "--out", str(tmp_path / "o")])
+    assert res.exit_code != 0 and "no audio track" in res.output and "Traceback" not in res.output
+
+
+def test_finetune_adapters_then_eval_from_raw_frames(trained):
+    run = trained["root"] / "adapters"
+    out = _run("finetune-adapters", "--data-root", trained["data"], "--init", trained["run"], "--run-dir", run,
+               "--epochs", 1, "--batch-size", 2, "--max-steps", 1)
+    assert "1 steps" in out
+    payload = torch.load(run / "best.pt", weights_only=True)
+    keys = set(payload["weights"])
+    assert any(k.startswith("embedder.image_encoder.prompt_generator.") for k in keys)
+    assert not any(".frozen." in k or k.startswith("model.layers.") for k in keys), "frozen weights saved"
+    assert payload["extra"]["init_digest"] and payload["kind"] == "adapters"
+    rep = trained["root"] / "adapters.json"
+    _run("eval", "--checkpoint", run / "best.pt", "--data-root", trained["data"], "--out", rep)
+    assert json.loads(rep.read_text())["checkpoint_kind"] == "adapters"
