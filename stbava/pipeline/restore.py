@@ -47,7 +47,7 @@ def restore_net(payload: dict[str, Any], device: str | torch.device = "cpu") -> 
         _load_exact(net, payload["weights"], payload["path"])
     else:
         raise CheckpointFormatError(f"{payload['path']}: unknown checkpoint kind {payload['kind']!r}")
-    net.to(device).eval()
+    net.to(device).eval().requires_grad_(False)  # inference: frozen; training code sets its own flags
     return net, cfg
 
 
