@@ -1,0 +1,52 @@
+"""Configs: every shipped YAML loads, unknown keys/types are errors; the CLI reference is current."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from stbava.config import ConfigError, load_config, parse_override
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_config_loads(path):
+    cfg = load_config(path)
+    assert cfg.subset in ("s4", "ms3")
+
+
+def test_paper_recipes():
+    s4, ms3 = load_config(ROOT / "configs/s4.yaml"), load_config(ROOT / "configs/ms3.yaml")
+    assert (s4.model.depth, ms3.model.depth) == (5, 7)
+    assert s4.train.epochs == ms3.train.epochs == 250 and s4.train.lr == 1e-4
+
+
+def test_unknown_key_and_wrong_type_are_errors(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model:\n  detph: 3\n")
+    with pytest.raises(ConfigError, match="unknown key 'detph'"):
+        load_config(bad)
+    with pytest.raises(ConfigError, match="must be"):
+        load_config(None, {"train": {"epochs": "many"}})
+    with pytest.raises(ConfigError, match="spatial_mode"):
+        load_config(None, {"model": {"spatial_mode": "diagonal"}})
+
+
+def test_override_parsing():
+    assert parse_override("model.depth=7") == {"model": {"depth": 7}}
+    cfg = load_config(ROOT / "configs/ms3.yaml", {"train": {"lr": 0.001}})
+    assert cfg.train.lr == 0.001 and cfg.model.depth == 7
+
+
+def test_cli_reference_is_current():
+    from stbava.docs import cli_reference
+
+    assert (ROOT / "docs" / "CLI.md").read_text() == cli_reference(), "run: python -m stbava.docs > docs/CLI.md"
+
+
+def test_readme_starts_with_the_two_commands():
+    head = (ROOT / "README.md").read_text().splitlines()[:8]
+    cmds = [ln.split("#")[0].strip() for ln in head if ln.startswith("make ")]
+    assert cmds == ["make demo", "make test"]
