@@ -25,6 +25,9 @@ REPORT      ?= $(RUN)/report_$(SPLIT).json
 DEVICE      ?= auto
 BATCH       ?= 4
 DEMO_OUT    ?= demo_out
+VIDEO       ?= my_video.mp4
+PRED_OUT    ?= predictions
+# The decoder starts from SAM's weights when $(SAM_CKPT) exists; extraction always needs the checkpoints it is given.
 # torchrun: make train-fusion NPROC=4  (NNODES / NODE_RANK / MASTER_ADDR for several nodes)
 NPROC       ?= 1
 NNODES      ?= 1
@@ -70,7 +73,7 @@ extract-features: setup
 
 train-fusion: setup
 	$(LAUNCH) train-fusion --cache $(CACHE) --data-root $(DATA) --subset $(SUBSET) --config $(CONFIG) --run-dir $(RUN) \
-	  --sam-checkpoint $(SAM_CKPT) --device $(DEVICE)
+	  $(if $(wildcard $(SAM_CKPT)),--sam-checkpoint $(SAM_CKPT)) --device $(DEVICE)
 
 finetune-adapters: setup
 	$(LAUNCH) finetune-adapters --data-root $(DATA) --subset $(SUBSET) --init $(RUN) --run-dir $(ADAPTER_RUN) \
@@ -81,7 +84,7 @@ eval: setup
 	  --out $(REPORT) --device $(DEVICE)
 
 predict: setup
-	$(STBAVA) predict --checkpoint $(CKPT) --input $(VIDEO) --out $(OUT)
+	$(STBAVA) predict --checkpoint $(CKPT) --input $(VIDEO) --out $(PRED_OUT) --device $(DEVICE)
 
 clean:
 	rm -rf $(DEMO_OUT) .pytest_cache

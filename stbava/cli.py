@@ -203,7 +203,7 @@ def train_fusion_cmd(cache, data_root, subset, sam_checkpoint, config_path, run_
                              bidirectional, fusion, sets)
         if subset:
             o["subset"] = subset
-        if sam_checkpoint and Path(sam_checkpoint).exists():
+        if sam_checkpoint:
             o.setdefault("encoder", {})["sam_checkpoint"] = sam_checkpoint
         cfg = load_config(config_path, o)
         summary = train_fusion(cfg, cache, data_root, run_dir, device=device, resume=resume)
@@ -257,9 +257,9 @@ def finetune_adapters_cmd(data_root, subset, init, sam_checkpoint, vggish_checkp
 
             o = deep_update(yaml.safe_load(Path(config_path).read_text()) or {}, o)
         enc = o.setdefault("encoder", {})
-        if sam_checkpoint and Path(sam_checkpoint).exists():
+        if sam_checkpoint:
             enc["sam_checkpoint"] = sam_checkpoint
-        if vggish_checkpoint and Path(vggish_checkpoint).exists():
+        if vggish_checkpoint:
             enc["vggish_checkpoint"] = vggish_checkpoint
         if no_grad_checkpointing:
             o["train"]["grad_checkpointing"] = False

@@ -27,8 +27,8 @@ def demo_config(path: str | Path | None = None) -> Config:
     p = Path(path) if path else DEMO_CONFIG
     if p.is_file():
         return load_config(p)
-    return load_config(None, {"subset": "ms3", "model": {"depth": 4}, "train": {"epochs": 12, "batch_size": 4,
-                                                                                "lr": 3e-4}})
+    return load_config(None, {"subset": "ms3", "model": {"depth": 2},
+                              "train": {"epochs": 12, "batch_size": 4, "lr": 1e-3}})
 
 
 def _row(name: str, report: dict[str, Any]) -> dict[str, Any]:
@@ -41,7 +41,7 @@ def results_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def run_demo(out: str | Path, *, config: str | Path | None = None, clips: tuple[int, int, int] = (120, 24, 40),
+def run_demo(out: str | Path, *, config: str | Path | None = None, clips: tuple[int, int, int] = (80, 16, 40),
              seed: int = 0, device: str = "auto", progress: bool = True) -> dict[str, Any]:
     """Run every stage into ``out``; returns the results (also written to out/results.{json,md})."""
     from stbava.data.synthetic import write_synthetic
