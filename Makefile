@@ -25,6 +25,8 @@ REPORT      ?= $(RUN)/report_$(SPLIT).json
 DEVICE      ?= auto
 BATCH       ?= 4
 DEMO_OUT    ?= demo_out
+# Any further flags for the stbava command of a target, e.g. EXTRA="--batch-size 8 --epochs 50"
+EXTRA       ?=
 VIDEO       ?= my_video.mp4
 PRED_OUT    ?= predictions
 # The decoder starts from SAM's weights when $(SAM_CKPT) exists; extraction always needs the checkpoints it is given.
@@ -69,22 +71,23 @@ check-data: setup
 
 extract-features: setup
 	$(LAUNCH) extract-features --data-root $(DATA) --subset $(SUBSET) --cache $(CACHE) --backend $(BACKEND) \
-	  --encoder $(ENCODER) --sam-checkpoint $(SAM_CKPT) --vggish-checkpoint $(VGGISH_CKPT) --batch-size $(BATCH) --device $(DEVICE)
+	  --encoder $(ENCODER) --sam-checkpoint $(SAM_CKPT) --vggish-checkpoint $(VGGISH_CKPT) --batch-size $(BATCH) --device $(DEVICE) $(EXTRA)
 
 train-fusion: setup
 	$(LAUNCH) train-fusion --cache $(CACHE) --data-root $(DATA) --subset $(SUBSET) --config $(CONFIG) --run-dir $(RUN) \
-	  $(if $(wildcard $(SAM_CKPT)),--sam-checkpoint $(SAM_CKPT)) --device $(DEVICE)
+	  $(if $(wildcard $(SAM_CKPT)),--sam-checkpoint $(SAM_CKPT)) --device $(DEVICE) $(EXTRA)
 
 finetune-adapters: setup
 	$(LAUNCH) finetune-adapters --data-root $(DATA) --subset $(SUBSET) --init $(RUN) --run-dir $(ADAPTER_RUN) \
-	  --sam-checkpoint $(SAM_CKPT) --vggish-checkpoint $(VGGISH_CKPT) --device $(DEVICE)
+	  $(if $(wildcard $(SAM_CKPT)),--sam-checkpoint $(SAM_CKPT)) \
+	  $(if $(wildcard $(VGGISH_CKPT)),--vggish-checkpoint $(VGGISH_CKPT)) --device $(DEVICE) $(EXTRA)
 
 eval: setup
-	$(STBAVA) eval --checkpoint $(CKPT) --cache $(CACHE) --data-root $(DATA) --subset $(SUBSET) --split $(SPLIT) \
-	  --out $(REPORT) --device $(DEVICE)
+	$(LAUNCH) eval --checkpoint $(CKPT) --cache $(CACHE) --data-root $(DATA) --subset $(SUBSET) --split $(SPLIT) \
+	  --out $(REPORT) --device $(DEVICE) $(EXTRA)
 
 predict: setup
-	$(STBAVA) predict --checkpoint $(CKPT) --input $(VIDEO) --out $(PRED_OUT) --device $(DEVICE)
+	$(STBAVA) predict --checkpoint $(CKPT) --input $(VIDEO) --out $(PRED_OUT) --device $(DEVICE) $(EXTRA)
 
 clean:
 	rm -rf $(DEMO_OUT) .pytest_cache

@@ -161,6 +161,14 @@ def _train_overrides(epochs, batch_size, lr, depth, seed, max_steps, num_workers
     return o
 
 
+def _echo_train_summary(summary: dict) -> None:
+    from stbava.pipeline.distributed import dist_info
+
+    if dist_info().is_main:  # under torchrun only rank 0 reports
+        click.echo(f"done: {summary['steps']} steps, best val mIoU {summary['best_miou']:.4f}; "
+                   f"best: {summary['best']}")
+
+
 def train_options(f):
     """Options shared by train-fusion and finetune-adapters."""
     opts = [
@@ -207,7 +215,7 @@ def train_fusion_cmd(cache, data_root, subset, sam_checkpoint, config_path, run_
             o.setdefault("encoder", {})["sam_checkpoint"] = sam_checkpoint
         cfg = load_config(config_path, o)
         summary = train_fusion(cfg, cache, data_root, run_dir, device=device, resume=resume)
-    click.echo(f"done: {summary['steps']} steps, best val mIoU {summary['best_miou']:.4f}; best: {summary['best']}")
+    _echo_train_summary(summary)
 
 
 @main.command("import-official")
@@ -268,7 +276,7 @@ def finetune_adapters_cmd(data_root, subset, init, sam_checkpoint, vggish_checkp
         if subset:
             o["subset"] = subset
         summary = finetune_adapters(init, data_root, run_dir, o, device=device, resume=resume)
-    click.echo(f"done: {summary['steps']} steps, best val mIoU {summary['best_miou']:.4f}; best: {summary['best']}")
+    _echo_train_summary(summary)
 # <<< train commands
 
 # >>> eval commands

@@ -105,6 +105,8 @@ def _check_value(cls: type, name: str, value: Any, where: str) -> Any:
             return value
         if a is str and isinstance(value, str):
             return value
+        if a is str and isinstance(value, bool) and bool not in allowed:
+            return "on" if value else "off"  # YAML 1.1 reads off/no (on/yes) as booleans: `amp: off`
     raise ConfigError(f"{where}: {name} must be {tp}, got {value!r}")
 
 

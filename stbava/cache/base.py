@@ -50,6 +50,7 @@ class Storage(Protocol):
     name: ClassVar[str]
     codecs: ClassVar[tuple[str, ...]]  # first = default
     suffix: ClassVar[str]  # conventional path suffix, for messages
+    concurrent_writers: ClassVar[bool]  # may processes write disjoint rows of one store at the same time?
 
     def __init__(self, path: Path, writable: bool) -> None: ...
 
@@ -158,15 +159,19 @@ def validate_arrays(manifest: CacheManifest, clip_id: str, path: Path, image: np
 
 
 class WriterLock:
-    """``<cache>.lock`` created with O_EXCL holding ``pid host``: one writer per cache.
+    """``<cache>.lock`` created with O_EXCL holding ``pid host [job]``: one writer (or one torchrun job) per cache.
 
     A lock left by a dead process on this host is taken over with a warning; anything else is a CacheError.
+    Under torchrun rank 0 takes the lock with a random ``job`` token and tells the other ranks that token;
+    they ``join`` (check that the file still names their job) and write their own disjoint clips. A process
+    outside the job cannot know the token, so it is still refused. Only the owner ever deletes the file.
     """
 
-    def __init__(self, cache_path: Path) -> None:
+    def __init__(self, cache_path: Path, job: str | None = None) -> None:
         self.cache = cache_path
         self.path = cache_path.with_name(cache_path.name + ".lock")
-        self.token = f"{os.getpid()} {socket.gethostname()}"
+        self.job = job
+        self.token = f"{os.getpid()} {socket.gethostname()}" + (f" {job}" if job else "")
         self.held = False
 
     def acquire(self) -> None:
@@ -184,20 +189,35 @@ class WriterLock:
                 continue
             with os.fdopen(fd, "w") as f:
                 f.write(self.token + "\n")
+                f.flush()
+                os.fsync(f.fileno())  # other nodes of the job read it next
             self.held = True
             return
         raise CacheError(f"could not take the lock {self.path}; delete it if no extraction is running")
+
+    def join(self) -> None:
+        """Another rank of the owner's torchrun job: check the lock names our job; never take or delete it."""
+        try:
+            parts = self.path.read_text().split()
+        except OSError:
+            parts = []
+        if self.job is None or len(parts) < 3 or parts[2] != self.job:
+            raise CacheError(f"cache {self.cache}: the lock {self.path} is not held by this torchrun job "
+                             f"(it holds {' '.join(parts) or 'nothing'}); was it deleted or taken over while the "
+                             "job ran? Rerun the extraction (it resumes)")
 
     def _owner(self) -> str | None:
         try:
             parts = self.path.read_text().split()
         except OSError:
             return None
-        return f"pid {parts[0]} on {parts[1]}" if len(parts) == 2 else None
+        if len(parts) not in (2, 3):
+            return None
+        return f"pid {parts[0]} on {parts[1]}" + (f" (torchrun job {parts[2]})" if len(parts) == 3 else "")
 
     def _stale(self) -> bool:
         try:
-            pid_s, host = self.path.read_text().split()
+            pid_s, host = self.path.read_text().split()[:2]
             pid = int(pid_s)
         except (OSError, ValueError):
             return False  # unreadable or half-written by a live process: do not guess
@@ -222,9 +242,15 @@ class WriterLock:
 
 
 def remove_partials(path: Path) -> None:
-    """Delete stores left half-created by a crashed ``create`` (only called while holding the lock)."""
+    """Delete what a killed writer left half-done (only called while holding the lock): a store half-created
+    by ``create``, and inside a zarr store the temp files of interrupted atomic writes (zarr's chunk
+    ``*.partial`` files, our ``.stbava_manifest.json.*.tmp``). Readers never look at either."""
     for p in path.parent.glob(f".{path.name}.partial-*"):
         shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
+    if path.is_dir():
+        for p in path.rglob("*"):
+            if p.name.endswith(".partial") or (p.name.startswith(".") and p.name.endswith(".tmp")):
+                p.unlink(missing_ok=True)
 
 
 def create_store(cls: type[Storage], path: Path, manifest: CacheManifest) -> None:

@@ -44,6 +44,7 @@ class HDF5Storage:
     name: ClassVar[str] = "hdf5"
     codecs: ClassVar[tuple[str, ...]] = ("none", "lzf", "gzip")
     suffix: ClassVar[str] = ".h5"
+    concurrent_writers: ClassVar[bool] = False  # HDF5 file locking: one writer per file (see stbava.cache.shards)
 
     def __init__(self, path: Path, writable: bool) -> None:
         self.path = Path(path)

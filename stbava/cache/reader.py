@@ -99,7 +99,14 @@ class CacheReader:
                                  f"extraction with {REBUILD_HINT.format(path=self.path)} (it resumes)")
         sel: slice | list[int] = slice(None) if frames is None else (
             frames if isinstance(frames, slice) else [int(f) for f in frames])
-        return self._store().read(where[0], name, where[1], sel)
+        try:
+            return self._store().read(where[0], name, where[1], sel)
+        except CacheError:
+            raise
+        except Exception as e:  # noqa: BLE001 - a chunk that no longer decodes (truncated, overwritten, ...)
+            raise CacheError(f"cache {self.path}: {name} data of clip {clip_id!r} is damaged ({type(e).__name__}: "
+                             f"{str(e)[:120]}); re-extract the damaged clips in place with `stbava extract-features "
+                             f"--cache {self.path} --verify ...` (the other clips are kept)") from None
 
     def image_embeddings(self, clip_id: str, frames: Frames = None) -> np.ndarray:
         """float16 ``[T,256,h,w]`` (or the selected frames only; each frame is its own chunk)."""

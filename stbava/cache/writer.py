@@ -80,6 +80,28 @@ class CacheWriter:
         self._storage.set_done(split, row, True)
         self._done[split][row] = True
 
+    def verify(self) -> list[str]:
+        """Read back every done clip and unflag those whose arrays no longer decode or hold NaN/inf.
+
+        Used by ``extract-features --verify`` after a disk problem or a damaged copy: the unflagged clips are
+        then re-extracted like never-done ones, and every intact clip is kept. Returns the unflagged clip ids.
+        """
+        bad = []
+        for split, ids in self.manifest.splits.items():
+            for row in np.flatnonzero(self._done[split]):
+                try:
+                    for name in self.manifest.arrays:
+                        if not np.isfinite(self._storage.read(split, name, int(row), slice(None))).all():
+                            raise ValueError(f"{name} holds NaN/inf")
+                except CacheError:
+                    raise
+                except Exception as e:  # noqa: BLE001 - any decode failure means "redo this clip"
+                    log.warning("cache %s: clip %s is damaged (%s); it will be re-extracted", self.path, ids[row], e)
+                    self._storage.set_done(split, int(row), False)
+                    self._done[split][row] = False
+                    bad.append(ids[row])
+        return bad
+
     def close(self) -> None:
         try:
             self._storage.close()
@@ -93,7 +115,7 @@ class CacheWriter:
         self.close()
 
 
-def _check_layout(m: CacheManifest, path: Path, frames: int, emb_shape: tuple[int, int, int],
+def check_layout(m: CacheManifest, path: Path, frames: int, emb_shape: tuple[int, int, int],
                   store_log_mel: bool) -> None:
     if m.has_log_mel != store_log_mel:
         raise CacheError(f"cache {path} was created {'with' if m.has_log_mel else 'without'} --store-log-mel; "
@@ -109,8 +131,11 @@ def _check_layout(m: CacheManifest, path: Path, frames: int, emb_shape: tuple[in
 def create_cache(path: str | Path, backend: str = "zarr", *, fingerprint: Mapping[str, Any],
                  clips: Iterable[tuple[str, str]], frames: int, emb_shape: tuple[int, int, int],
                  store_log_mel: bool = False, codec: str | None = None,
-                 info: Mapping[str, Any] | None = None) -> CacheWriter:
+                 info: Mapping[str, Any] | None = None, job: str | None = None) -> CacheWriter:
     """Create a cache, or open an existing one to resume (clips it does not list yet are appended).
+
+    Shards that a killed torchrun extraction left beside the store (HDF5, see :mod:`stbava.cache.shards`)
+    are merged into it first, so their finished clips count as done.
 
     Args:
         path: the store to create (``x.zarr`` directory / ``x.h5`` file); its parent is created.
@@ -122,45 +147,61 @@ def create_cache(path: str | Path, backend: str = "zarr", *, fingerprint: Mappin
         store_log_mel: also keep the ``[T,1,96,64]`` VGGish inputs.
         codec: backend codec name (the backend's default when None); ignored when resuming.
         info: informational extras recorded in a new manifest (amp, device, ...).
+        job: torchrun job token written into the lock, so the job's other ranks can ``join_cache``.
 
     Raises:
         CacheError: another writer holds the lock, or the existing store has another backend, encoder
             fingerprint or layout.
     """
+    from stbava.cache.shards import merge_parts
+
     p = Path(path)
     cls = get_backend(backend)
     codec = codec or cls.codecs[0]
     if codec not in cls.codecs:
         raise CacheError(f"codec {codec!r} is not available for {cls.name}: use one of {', '.join(cls.codecs)}")
     p.parent.mkdir(parents=True, exist_ok=True)
-    clips = list(clips)
-    lock = WriterLock(p)
+    lock = WriterLock(p, job)
     lock.acquire()
     try:
         remove_partials(p)
-        if not p.exists():
-            manifest = new_manifest(cls.name, fingerprint, clips, frames, emb_shape, store_log_mel, codec, info)
-            create_store(cls, p, manifest)
-            return CacheWriter(p, cls(p, writable=True), manifest, lock)
-        found = detect_backend(p)
-        if found is not cls:
-            raise CacheError(f"cache {p} is a {found.name} store; pass --backend {found.name} to resume it, or "
-                             "choose another --cache path")
-        storage = cls(p, writable=True)
-        try:
-            manifest = load_manifest(storage, cls, p)
-            check_fingerprint(manifest, fingerprint, p, writing=True)
-            _check_layout(manifest, p, frames, emb_shape, store_log_mel)
-            grown = manifest.add_clips(clips)
-            for split in grown:  # arrays first, then the manifest that lists their rows
-                storage.grow(manifest, split)
-            if grown:
-                storage.write_manifest(manifest)
-                log.info("cache %s: added rows to %s", p, ", ".join(f"{s} ({n})" for s, n in grown.items()))
-            return CacheWriter(p, storage, manifest, lock)
-        except BaseException:
-            storage.close()
-            raise
+        writer = open_writer(p, cls, lock, fingerprint=fingerprint, clips=list(clips), frames=frames,
+                             emb_shape=emb_shape, store_log_mel=store_log_mel, codec=codec, info=info)
     except BaseException:
         lock.release()
+        raise
+    try:
+        merge_parts(writer)
+    except BaseException:
+        writer.close()
+        raise
+    return writer
+
+
+def open_writer(p: Path, cls: type[Storage], lock: WriterLock, *, fingerprint: Mapping[str, Any],
+                clips: list[tuple[str, str]], frames: int, emb_shape: tuple[int, int, int], store_log_mel: bool,
+                codec: str, info: Mapping[str, Any] | None) -> CacheWriter:
+    """Create the store at ``p`` or resume it (checks, then appended rows); the caller already holds ``lock``."""
+    if not p.exists():
+        manifest = new_manifest(cls.name, fingerprint, clips, frames, emb_shape, store_log_mel, codec, info)
+        create_store(cls, p, manifest)
+        return CacheWriter(p, cls(p, writable=True), manifest, lock)
+    found = detect_backend(p)
+    if found is not cls:
+        raise CacheError(f"cache {p} is a {found.name} store; pass --backend {found.name} to resume it, or "
+                         "choose another --cache path")
+    storage = cls(p, writable=True)
+    try:
+        manifest = load_manifest(storage, cls, p)
+        check_fingerprint(manifest, fingerprint, p, writing=True)
+        check_layout(manifest, p, frames, emb_shape, store_log_mel)
+        grown = manifest.add_clips(clips)
+        for split in grown:  # arrays first, then the manifest that lists their rows
+            storage.grow(manifest, split)
+        if grown:
+            storage.write_manifest(manifest)
+            log.info("cache %s: added rows to %s", p, ", ".join(f"{s} ({n})" for s, n in grown.items()))
+        return CacheWriter(p, storage, manifest, lock)
+    except BaseException:
+        storage.close()
         raise

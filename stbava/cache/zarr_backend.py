@@ -52,6 +52,8 @@ class ZarrStorage:
     name: ClassVar[str] = "zarr"
     codecs: ClassVar[tuple[str, ...]] = ("blosc-lz4", "none", "blosc-zstd", "zstd")
     suffix: ClassVar[str] = ".zarr"
+    # one chunk file per (clip, frame) and per done flag, no shards: disjoint clips never share a file
+    concurrent_writers: ClassVar[bool] = True
 
     def __init__(self, path: Path, writable: bool) -> None:
         self.path = Path(path)

@@ -80,7 +80,25 @@ def _check_clip(clip: Clip) -> list[tuple[Path, str]]:
     jobs: list[tuple[Path, Callable[[Path], object]]] = [(p, read_frame) for p in clip.frame_paths]
     jobs.append((clip.wav_path, load_audio))
     jobs += [(p, read_mask) for p in clip.mask_paths]
-    return [r for p, fn in jobs if (r := _check_file(p, fn)) is not None]
+    problems = [r for p, fn in jobs if (r := _check_file(p, fn)) is not None]
+    return problems + _frame_size_problems(clip, skip={p for p, _ in problems})
+
+
+def _frame_size_problems(clip: Clip, skip: set[Path]) -> list[tuple[Path, str]]:
+    """A clip's frames are encoded as one stack, so each must have the first frame's size (header read only)."""
+    from PIL import Image
+
+    sizes = []
+    for p in clip.frame_paths:
+        if p not in skip:  # already reported as missing/unreadable
+            with Image.open(p) as im:
+                sizes.append((p, im.size))
+    if not sizes:
+        return []
+    w0, h0 = sizes[0][1]
+    fix = "re-extract the frames of this clip at one size"
+    return [(p, f"frame is {w}x{h} but the clip's frame {sizes[0][0].name} is {w0}x{h0}; {fix}")
+            for p, (w, h) in sizes if (w, h) != (w0, h0)]
 
 
 def check_data(

@@ -55,6 +55,25 @@ def read_frame(path: str | Path) -> np.ndarray:
     return np.asarray(img.convert("RGB"), dtype=np.uint8).copy()
 
 
+def read_clip_frames(paths: list[Path] | tuple[Path, ...]) -> list[np.ndarray]:
+    """Read the frames of one clip with ``read_frame``; they must share one size (they are encoded as a stack).
+
+    Any common size is fine (the encoder resizes like SAM); a frame whose size differs from the clip's first
+    frame is a DataError naming it.
+
+    Returns:
+        uint8 arrays [H,W,3], one per path.
+    """
+    frames = [read_frame(p) for p in paths]
+    for p, f in zip(paths[1:], frames[1:]):
+        if f.shape != frames[0].shape:
+            raise DataError(
+                f"{p}: frame is {f.shape[1]}x{f.shape[0]} but {Path(paths[0]).name} of the same clip is "
+                f"{frames[0].shape[1]}x{frames[0].shape[0]}; re-extract the frames of this clip at one size"
+            )
+    return frames
+
+
 def read_mask(path: str | Path, size: int = 224) -> np.ndarray:
     """Read one ground-truth mask and binarise it (REFERENCE §1.3, §10.11).
 

@@ -6,6 +6,7 @@ CUDA, gloo on CPU) once and expose the few collective operations the loop and ev
 
 from __future__ import annotations
 
+import atexit
 import os
 from dataclasses import dataclass
 
@@ -29,13 +30,17 @@ class DistInfo:
         return self.world > 1
 
     def wrap(self, net: nn.Module) -> nn.Module:
-        """DDP-wrap for training; the plain module in a single process."""
+        """DDP-wrap for training; the plain module in a single process.
+
+        ``find_unused_parameters``: SAM's mask decoder computes an IoU head (and ablations drop whole blocks)
+        whose trainable parameters never reach the loss; without it DDP fails on the second step.
+        """
         if not self.active:
             return net
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         dev = next(net.parameters()).device
-        return DDP(net, device_ids=[dev.index] if dev.type == "cuda" else None, find_unused_parameters=False)
+        return DDP(net, device_ids=[dev.index] if dev.type == "cuda" else None, find_unused_parameters=True)
 
     def global_mean_loss(self, loss: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         """Rescale a rank-local mean so DDP's gradient average equals the gradient of the global mean."""
@@ -83,8 +88,16 @@ def dist_info() -> DistInfo:
         if backend == "nccl":
             torch.cuda.set_device(local)
         tdist.init_process_group(backend=backend)
+        # Tear the group down before interpreter exit: a process that exits with it alive (e.g. a rank done
+        # before rank 0) can die in C++ ("terminate called without an active exception", SIGABRT).
+        atexit.register(_destroy)
     _INFO = DistInfo(rank=rank, world=world, local_rank=local)
     return _INFO
+
+
+def _destroy() -> None:
+    if tdist.is_initialized():
+        tdist.destroy_process_group()
 
 
 def resolve_device(name: str = "auto") -> torch.device:

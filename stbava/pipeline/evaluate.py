@@ -1,8 +1,9 @@
 """Evaluation with AVSBench's exact metrics: one clip per metric batch, dataset value = mean of clip values.
 
 The model itself may run several clips per forward (``batch_size``); metrics are still computed per clip,
-so the numbers do not depend on that batch size. Under torchrun each rank scores a disjoint share of the
-clips and the per-clip values are gathered, so the mean is exactly the single-process mean.
+so the numbers do not depend on that batch size. Under torchrun each rank runs every world-th of the very
+batches one process would run and the per-clip values are gathered; the means are taken in clip-id order,
+so the result is exactly the single-process result.
 """
 
 from __future__ import annotations
@@ -61,8 +62,8 @@ def evaluate_net(
 
     dist = dist_info()
     n = len(ds)  # type: ignore[arg-type]
-    mine = list(range(dist.rank, n, dist.world))
-    batches = [mine[i:i + batch_size] for i in range(0, len(mine), batch_size)]
+    # same batches as one process (identical forwards), dealt round-robin to the ranks
+    batches = [list(range(i, min(i + batch_size, n))) for i in range(0, n, batch_size)][dist.rank::dist.world]
     loader = DataLoader(ds, batch_sampler=batches, num_workers=num_workers, collate_fn=collate,
                         generator=torch.Generator())
     was_training = net.training
@@ -90,11 +91,12 @@ def evaluate_net(
             merged.update(part)  # type: ignore[arg-type]
         per_clip = merged
         pooled = pooled.merged(dist.all_gather_objects(pooled))  # type: ignore[arg-type]
+    per_clip = dict(sorted(per_clip.items()))  # a fixed summation order, whatever the world size
     ious = [v["iou"] for v in per_clip.values()]
     fs = [v["fscore"] for v in per_clip.values()]
     return EvalResult(miou=float(np.mean(ious)) if ious else float("nan"),
                       fscore=float(np.mean(fs)) if fs else float("nan"),
-                      per_clip=dict(sorted(per_clip.items())),
+                      per_clip=per_clip,
                       pooled_miou=pooled.miou, pooled_fscore=pooled.fscore)
 
 

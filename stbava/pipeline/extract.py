@@ -3,12 +3,18 @@
 Shaped like lhotse's batch extractor: done clips are skipped (so a killed run resumes), DataLoader workers
 decode PNGs and wavs while the encoders run under ``inference_mode``, and one background thread writes
 clips in CSV order, each clip's done flag only after its arrays. The progress bar starts at the done count.
+
+Under ``torchrun`` (WORLD_SIZE > 1) rank 0 creates or resumes the store, then tells every rank the job's
+lock token and the clips still to do; rank r encodes every world-th of them (``todo[r::world]``) on its own
+GPU and writes them into the same cache (:mod:`stbava.cache.shards`). The result equals a one-process run.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+import uuid
+from datetime import timedelta
 from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -18,19 +24,22 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as tdist
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from stbava import __version__
-from stbava.cache import CacheWriter, create_cache
+from stbava.cache import CacheError, CacheWriter, create_cache, join_cache, merge_parts
 from stbava.config import ConfigError, EncoderConfig
 from stbava.data.clips import Clip, DataError, load_clips
-from stbava.data.io import load_audio, read_frame
+from stbava.data.io import load_audio, read_clip_frames
 from stbava.data.transforms import frames_to_sam_input, waveform_to_examples
 from stbava.encoders.audio import build_vggish, embed_audio
+from stbava.encoders.fast_attention import enable_sdpa
 from stbava.encoders.fingerprint import encoder_fingerprint, fingerprint_digest
 from stbava.encoders.image import build_image_encoder, grid_size, image_size
+from stbava.pipeline.distributed import DistInfo, dist_info
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +80,7 @@ class ClipInputs(Dataset):
     def __getitem__(self, i: int) -> dict[str, Any]:
         clip = self.clips[i]
         try:
-            images = frames_to_sam_input([read_frame(p) for p in clip.frame_paths[: self.frames]], self.img_size)
+            images = frames_to_sam_input(read_clip_frames(clip.frame_paths[: self.frames]), self.img_size)
             mels = waveform_to_examples(load_audio(clip.wav_path), num_examples=self.frames)
         except DataError as e:
             return {"index": i, "error": str(e)}
@@ -82,14 +91,15 @@ def _as_list(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return items  # clips may differ in frame size; batching happens in encode_batch
 
 
-def resolve_extract_device(device: str) -> torch.device:
+def resolve_extract_device(device: str, local_rank: int = 0) -> torch.device:
+    """``auto``/``cuda`` -> this process's GPU (``cuda:LOCAL_RANK`` under torchrun), else CPU."""
     if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
         raise ConfigError(f"--device must be auto, cpu or cuda, got {device!r}")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError("--device cuda requested but torch sees no CUDA device; use --device cpu or auto")
-    return torch.device(device)
+    return torch.device("cuda", local_rank) if device == "cuda" else torch.device(device)
 
 
 def encode_batch(image_encoder: nn.Module, vggish: nn.Module, items: Sequence[dict[str, Any]],
@@ -113,8 +123,9 @@ def encode_batch(image_encoder: nn.Module, vggish: nn.Module, items: Sequence[di
     with torch.inference_mode():
         with autocast:
             images = [image_encoder(g.to(device, non_blocking=True)).to(torch.float16) for g in groups]
-        mels = torch.cat([it["mels"] for it in items]).to(device)
-        audio = embed_audio(vggish, mels).float().cpu().numpy()
+        # one VGGish call per clip ([T,1,96,64] every time): batched convolutions pick other kernels for other
+        # batch sizes, and a clip's embedding must not depend on its batch-mates, or a resumed cache would differ
+        audio = np.concatenate([embed_audio(vggish, it["mels"].to(device)).float().cpu().numpy() for it in items])
     image = torch.cat(images).cpu().numpy()
     out, start = [], 0
     for n in counts:
@@ -133,7 +144,7 @@ def run_extraction(data_root: str | Path, subset: str, cache_path: str | Path, b
                    enc_cfg: EncoderConfig | None = None, splits: Sequence[str] | None = None,
                    batch_size: int = 4, device: str = "auto", amp: str = "off", frames: int = 5,
                    store_log_mel: bool = False, progress: bool = True, num_workers: int = 0,
-                   codec: str | None = None) -> ExtractSummary:
+                   codec: str | None = None, verify: bool = False, sdpa: bool | None = None) -> ExtractSummary:
     """Encode every clip of the selected splits into the cache at ``cache_path`` (resuming a previous run).
 
     Args:
@@ -151,6 +162,11 @@ def run_extraction(data_root: str | Path, subset: str, cache_path: str | Path, b
         progress: show a tqdm bar (clips/s).
         num_workers: DataLoader workers decoding inputs while the encoders run.
         codec: backend codec for a new store (backend default when None).
+        verify: first read back every done clip and redo those whose data no longer decodes.
+        sdpa: fused scaled-dot-product attention in the image encoder (exact rel-pos bias as the mask,
+            :mod:`stbava.encoders.fast_attention`); None = on for CUDA, off on CPU (not faster there).
+
+    Under torchrun every rank calls this with the same arguments; each returns the job-wide counts.
 
     Raises:
         DataError: unreadable input (names the file); CacheError: foreign/locked cache;
@@ -161,7 +177,8 @@ def run_extraction(data_root: str | Path, subset: str, cache_path: str | Path, b
         raise ConfigError(f"--amp must be off or bf16, got {amp!r}")
     if batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1, got {batch_size}")
-    dev = resolve_extract_device(device)
+    dist = dist_info()
+    dev = resolve_extract_device(device, dist.local_rank)
     if amp == "bf16" and dev.type != "cuda":
         log.warning("--amp bf16 needs CUDA (bf16 autocast is much slower on CPUs); extracting in float32")
         amp = "off"
@@ -170,25 +187,109 @@ def run_extraction(data_root: str | Path, subset: str, cache_path: str | Path, b
         raise DataError(f"no clips of subset {subset} (splits {', '.join(splits or ['all'])}) under {data_root}")
     fp = encoder_fingerprint(enc_cfg, frames)
     g = grid_size(enc_cfg.name)
-    info = {"amp": amp, "device": dev.type, "stbava": __version__, "subset": subset}
+    layout = {"fingerprint": fp, "frames": frames, "emb_shape": (256, g, g), "store_log_mel": store_log_mel}
+    sdpa = dev.type == "cuda" if sdpa is None else sdpa
+    info = {"amp": amp, "device": dev.type, "sdpa": sdpa, "stbava": __version__, "subset": subset}
     start = time.perf_counter()
-    with create_cache(cache_path, backend, fingerprint=fp, clips=[(c.id, c.split) for c in clips], frames=frames,
-                      emb_shape=(256, g, g), store_log_mel=store_log_mel, codec=codec, info=info) as writer:
-        todo = [c for c in clips if not writer.is_done(c.id)]
-        skipped = len(clips) - len(todo)
-        log.info("extract %s -> %s: %d clips, %d already done, device %s, amp %s",
-                 subset, cache_path, len(clips), skipped, dev, amp)
+    sync = _Sync(dist)
+    writer, todo, skipped = _open_writer(sync, clips, cache_path, backend, layout, codec, info, verify)
+    with writer:
+        if dist.is_main:
+            log.info("extract %s -> %s: %d clips, %d already done, device %s, amp %s%s", subset, cache_path,
+                     len(clips), skipped, dev, amp, f", {dist.world} ranks" if dist.active else "")
         if todo:
-            _extract(writer, todo, enc_cfg, dev, amp, batch_size, frames, store_log_mel, num_workers,
-                     tqdm(total=len(clips), initial=skipped, unit="clip", desc="extract", disable=not progress))
-    return ExtractSummary(cache=str(cache_path), backend=writer.backend, total=len(clips), written=len(todo),
+            desc = f"extract (rank 0 of {dist.world})" if dist.active else "extract"
+            bar = tqdm(total=len(todo) + (0 if dist.active else skipped), initial=0 if dist.active else skipped,
+                       unit="clip", desc=desc, disable=not (progress and dist.is_main))
+            _extract(writer, todo, enc_cfg, dev, amp, batch_size, frames, store_log_mel, num_workers, bar, sdpa)
+        written = _finish_shards(sync, writer, len(todo))
+    return ExtractSummary(cache=str(cache_path), backend=writer.backend, total=len(clips), written=written,
                           skipped=skipped, seconds=time.perf_counter() - start, device=str(dev),
                           fingerprint=fingerprint_digest(fp))
 
 
+class _Sync:
+    """The two meetings of an extraction's ranks (start: rank 0's plan; end: every rank done), on a CPU gloo
+    group with a long timeout: one rank may wait a long time there (rank 0 verifying or merging a big cache,
+    a slower GPU), which must not trip NCCL's default 10-minute collective timeout.
+    """
+
+    def __init__(self, dist: DistInfo) -> None:
+        self.dist = dist
+        self.group = tdist.new_group(backend="gloo", timeout=timedelta(hours=24)) if dist.active else None
+
+    def gather(self, obj: Any) -> list[Any]:
+        out: list[Any] = [None] * self.dist.world
+        tdist.all_gather_object(out, obj, group=self.group)
+        return out
+
+
+def _open_writer(sync: _Sync, clips: list[Clip], cache_path: str | Path, backend: str, layout: dict[str, Any],
+                 codec: str | None, info: dict[str, Any], verify: bool = False
+                 ) -> tuple[CacheWriter, list[Clip], int]:
+    """This process's writer, the clips it must encode, and how many clips were done before the run.
+
+    Under torchrun rank 0 alone creates/resumes the store (under a lock naming a fresh job token) and
+    decides what is left; the other ranks wait for that, then join with the token. Sharding the *remaining*
+    clips keeps ranks balanced on resume; it is deterministic because only rank 0 reads done flags for it.
+    """
+    dist = sync.dist
+    pairs = [(c.id, c.split) for c in clips]
+    if not dist.active:
+        writer = create_cache(cache_path, backend, clips=pairs, codec=codec, info=info, **layout)
+        if verify:
+            writer.verify()
+        todo = [c for c in clips if not writer.is_done(c.id)]
+        return writer, todo, len(clips) - len(todo)
+    plan: dict[str, Any] | None = None
+    main_writer: CacheWriter | None = None
+    if dist.is_main:
+        job = uuid.uuid4().hex[:16]
+        try:
+            main_writer = create_cache(cache_path, backend, clips=pairs, codec=codec, info=info, job=job, **layout)
+            if verify:
+                main_writer.verify()
+            plan = {"job": job, "manifest": main_writer.manifest.to_dict(),
+                    "todo": [i for i, c in enumerate(clips) if not main_writer.is_done(c.id)]}
+        except Exception as e:  # every rank must hear about it, or the others would wait forever
+            sync.gather({"error": f"{type(e).__name__}: {e}"})
+            raise
+    plan = sync.gather(plan)[0]
+    if plan is None or "error" in plan:
+        raise CacheError(f"rank 0 could not open cache {cache_path}: {plan and plan['error']}")
+    todo_all = [clips[i] for i in plan["todo"]]
+    mine = todo_all[dist.rank::dist.world]
+    if main_writer is None:
+        main_writer = join_cache(cache_path, backend, job=plan["job"], rank=dist.rank, manifest=plan["manifest"],
+                                 clips=[(c.id, c.split) for c in mine], **layout)
+    return main_writer, mine, len(clips) - len(todo_all)
+
+
+def _finish_shards(sync: _Sync, writer: CacheWriter, written: int) -> int:
+    """Wait for every rank's clips, then (rank 0) merge HDF5 part files; returns clips written by all ranks.
+
+    The other ranks do not wait for the merge (no collective can time out on it); torchrun returns once
+    rank 0, which holds the lock until the store is complete, has finished.
+    """
+    dist = sync.dist
+    if not dist.active:
+        return written
+    if not dist.is_main:
+        writer.close()  # a part file is complete and closed before rank 0 reads it
+    total = sum(int(n) for n in sync.gather(written))
+    if dist.is_main:
+        merged = merge_parts(writer)
+        if merged:
+            log.info("cache %s: merged %d clips written by ranks 1..%d", writer.path, merged, dist.world - 1)
+    return total
+
+
 def _extract(writer: CacheWriter, todo: list[Clip], enc_cfg: EncoderConfig, dev: torch.device, amp: str,
-             batch_size: int, frames: int, store_log_mel: bool, num_workers: int, bar: tqdm) -> None:
+             batch_size: int, frames: int, store_log_mel: bool, num_workers: int, bar: tqdm,
+             sdpa: bool = False) -> None:
     image_encoder = build_image_encoder(enc_cfg.name, enc_cfg.sam_checkpoint, seed=enc_cfg.seed).to(dev)
+    if sdpa:
+        enable_sdpa(image_encoder)
     vggish = build_vggish(enc_cfg.vggish_checkpoint, enc_cfg.vggish_pca, seed=enc_cfg.seed).to(dev)
     loader = DataLoader(ClipInputs(todo, image_size(enc_cfg.name), frames), batch_size=batch_size, shuffle=False,
                         num_workers=num_workers, collate_fn=_as_list, pin_memory=dev.type == "cuda",

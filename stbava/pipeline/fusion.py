@@ -13,12 +13,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.utils.data import Dataset
 
 from stbava.config import Config
 from stbava.data.clips import DataError, load_clips
 from stbava.pipeline.distributed import resolve_device
 from stbava.pipeline.net import CachedEmbedder, Net
-from stbava.pipeline.sources import CachedClips
+from stbava.pipeline.sources import CachedClips, ResidentClips
 from stbava.pipeline.train import fit, trainable_predicate
 
 log = logging.getLogger(__name__)
@@ -68,11 +69,16 @@ def train_fusion(cfg: Config, cache: str | Path, data_root: str | Path, run_dir:
     val_clips = load_clips(data_root, cfg.subset, ["val"], frames=cfg.frames)
     if not train_clips:
         raise DataError(f"no train clips for subset {cfg.subset} under {data_root}")
-    train_ds = CachedClips(cache, train_clips, cfg.frames)
+    train_ds: Dataset = CachedClips(cache, train_clips, cfg.frames)
     val_ds = CachedClips(cache, val_clips, cfg.frames) if val_clips else None
     net = build_fusion_net(cfg, sam_decoder_init(cfg.encoder.sam_checkpoint))
     dev = resolve_device(device)
-    log.info("stage two: %d train / %d val clips, cache %s, device %s", len(train_ds),
+    if cfg.train.gpu_resident:  # whole train split on the device once; validation still streams from the cache
+        resident = ResidentClips(train_ds, dev, num_workers=cfg.train.num_workers)
+        log.info("train.gpu_resident: %d clips (%.2f GiB) loaded onto %s", len(resident),
+                 resident.nbytes / 2**30, dev)
+        train_ds = resident
+    log.info("stage two: %d train / %d val clips, cache %s, device %s", len(train_ds),  # type: ignore[arg-type]
              len(val_ds) if val_ds else 0, cache, dev)
     return fit(cfg, net, train_ds, val_ds, run_dir, kind="fusion", trainable=trainable_predicate(FUSION_PREFIXES),
                fingerprint=fp, device=dev, extra={"cache": str(cache)}, resume=resume, progress=progress)

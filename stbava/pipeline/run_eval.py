@@ -108,9 +108,10 @@ def run_eval(checkpoint: str | Path, data_root: str | Path, split: str, out: str
     ds, fp = make_eval_dataset(payload, cfg, clips, cache, shuffle_audio)
     out_dir = Path(out).parent if out else Path(".")
     writer = None
-    if (save_masks or overlays) and dist_info().is_main:
+    if save_masks or (overlays and dist_info().is_main):
+        # every rank writes the masks of its own clips; overlays come from rank 0's clips only
         writer = _BatchWriter({c.id: c for c in clips}, Path(save_masks) if save_masks else None,
-                              out_dir / "overlays" if overlays else None, overlays)
+                              out_dir / "overlays" if overlays and dist_info().is_main else None, overlays)
     result = evaluate_net(net, ds, dev, batch_size=batch_size, amp=cfg.train.amp, progress=progress,
                           on_batch=writer)
     report = report_dict(result, subset=cfg.subset, split=split, shuffled_audio=shuffle_audio,

@@ -30,7 +30,7 @@ from stbava.config import Config
 from stbava.pipeline.distributed import DistInfo, dist_info
 from stbava.pipeline.evaluate import EvalResult, evaluate_net
 from stbava.pipeline.net import Net, amp_context
-from stbava.pipeline.sources import collate
+from stbava.pipeline.sources import Batch, ResidentClips, collate
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,8 @@ def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, dist: DistInfo
     """Global batches of ``batch_size`` clips; under DDP each rank takes its contiguous share of every batch.
 
     The global batch (and so the loss averaged over ranks) is the same for any world size, which is what makes
-    multi-rank training reproduce single-process training.
+    multi-rank training reproduce single-process training. A rank whose share is empty (a last batch smaller
+    than the world) gets ``[-1 - i]``: clip ``i`` with no annotated frame (see :class:`ZeroWeightPadding`).
     """
     order = epoch_order(n, seed, epoch)
     batches = [order[i:i + batch_size] for i in range(0, n, batch_size)]
@@ -65,8 +66,29 @@ def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, dist: DistInfo
     out = []
     for b in batches:
         per = math.ceil(len(b) / dist.world)
-        out.append(b[dist.rank * per:(dist.rank + 1) * per])
+        out.append(b[dist.rank * per:(dist.rank + 1) * per] or [-1 - b[0]])
     return out
+
+
+class ZeroWeightPadding(Dataset):
+    """``ds`` plus index ``-1 - i``: clip ``i`` with every frame marked unannotated.
+
+    DDP all-reduces gradients on every rank at every step, so a rank with no clips of a global batch must still
+    run forward and backward; with no annotated frame its loss and its gradient are exactly zero.
+    """
+
+    def __init__(self, ds: Dataset) -> None:
+        self.ds = ds
+
+    def __len__(self) -> int:
+        return len(self.ds)  # type: ignore[arg-type]
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        if i >= 0:
+            return self.ds[i]
+        item = dict(self.ds[-1 - i])
+        item["mask_valid"] = torch.zeros_like(torch.as_tensor(item["mask_valid"]))
+        return item
 
 
 @dataclass
@@ -75,6 +97,7 @@ class LoopState:
     batch_in_epoch: int = 0  # batches of ``epoch`` already consumed
     step: int = 0  # optimiser steps done
     best_miou: float = -1.0
+    epoch_loss: float = 0.0  # sum of ``epoch``'s step losses so far: a resumed epoch still logs its full mean
 
     def to_dict(self) -> dict[str, Any]:
         return dict(vars(self))
@@ -90,7 +113,13 @@ class MetricsLog:
     def truncate_after(self, step: int) -> None:
         if not (self.enabled and self.path.exists()):
             return
-        keep = [ln for ln in self.path.read_text().splitlines() if ln.strip() and json.loads(ln).get("step", 0) <= step]
+        keep = []
+        for ln in self.path.read_text().splitlines():
+            try:
+                if json.loads(ln).get("step", 0) <= step:
+                    keep.append(ln)
+            except json.JSONDecodeError:
+                continue  # blank, or the last line of a run killed while writing it
         atomic_write_text(self.path, "".join(ln + "\n" for ln in keep))
 
     def write(self, **record: Any) -> None:
@@ -154,9 +183,9 @@ def fit(
     run_dir = Path(run_dir)
     if dist.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        import yaml
-
-        atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    if dist.active and dist.is_main and tc.batch_size % dist.world:
+        log.warning("train.batch_size %d is the global batch; it does not split evenly over %d ranks, so some "
+                    "ranks idle on part of every step (use a multiple of %d)", tc.batch_size, dist.world, dist.world)
     torch.manual_seed(tc.seed)
     names = set_trainable(net, trainable)
     net.to(device)
@@ -166,8 +195,16 @@ def fit(
     mlog = MetricsLog(run_dir / "metrics.jsonl", dist.is_main)
 
     last_path, best_path = run_dir / "last.pt", run_dir / "best.pt"
+    if dist.is_main:  # temp files of saves cut short by a kill (each up to a checkpoint's size)
+        for name in ("last.pt", "best.pt", "metrics.jsonl", "config.yaml"):
+            for tmp in run_dir.glob(f".{name}.*.tmp"):
+                tmp.unlink(missing_ok=True)
     if resume and last_path.exists():
-        payload = read_checkpoint(last_path)
+        try:
+            payload = read_checkpoint(last_path)
+        except CheckpointFormatError as e:
+            raise CheckpointFormatError(f"{e}; to go on, copy best.pt over last.pt (resumes from the best epoch), "
+                                        "or start over with --no-resume or a new --run-dir") from None
         check_compatible(payload, cfg, fingerprint)
         missing = set(names) - set(payload["weights"])
         if missing:
@@ -177,7 +214,12 @@ def fit(
         torch.set_rng_state(payload["state"]["rng"])
         state = LoopState(**payload["state"]["loop"])
         mlog.truncate_after(state.step)
-        log.info("resumed from %s at epoch %d, step %d", last_path, state.epoch, state.step)
+        if dist.is_main:
+            log.info("resumed from %s at epoch %d, step %d", last_path, state.epoch, state.step)
+    if dist.is_main:  # only once a resumed checkpoint is known to match: a refused run changes nothing
+        import yaml
+
+        atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     ddp_net = dist.wrap(net)
 
     def save(path: Path) -> None:
@@ -191,11 +233,17 @@ def fit(
     stop = False
     while state.epoch < tc.epochs and not stop:
         batches = epoch_batches(n, tc.batch_size, tc.seed, state.epoch, dist)[state.batch_in_epoch:]
-        loader = _make_loader(train_ds, batches, tc.num_workers)
+        loader: Iterable[Batch]
+        if isinstance(train_ds, ResidentClips):  # already on the device: index it, no host loader
+            loader = train_ds.batches(batches)
+        else:
+            loader = _make_loader(ZeroWeightPadding(train_ds), batches, tc.num_workers)
         net.train()
-        t0, seen, loss_sum = time.perf_counter(), 0, 0.0
-        bar = tqdm(loader, desc=f"{kind} epoch {state.epoch + 1}/{tc.epochs}", disable=not (progress and dist.is_main),
-                   leave=False, unit="batch")
+        t0, seen = time.perf_counter(), 0
+        if state.batch_in_epoch == 0:
+            state.epoch_loss = 0.0
+        bar = tqdm(loader, total=len(batches), desc=f"{kind} epoch {state.epoch + 1}/{tc.epochs}",
+                   disable=not (progress and dist.is_main), leave=False, unit="batch")
         for batch in bar:
             batch = batch.to(device)
             with amp_context(device, tc.amp):
@@ -208,7 +256,7 @@ def fit(
             state.batch_in_epoch += 1
             seen += len(batch.clip_ids) * dist.world
             loss_v = dist.mean_scalar(loss.detach())
-            loss_sum += loss_v
+            state.epoch_loss += loss_v
             rate = seen / max(time.perf_counter() - t0, 1e-9)
             bar.set_postfix(loss=f"{loss_v:.4f}", clips_s=f"{rate:.1f}")
             mlog.write(kind="step", epoch=state.epoch, step=state.step, loss=loss_v)
@@ -217,13 +265,14 @@ def fit(
             if tc.max_steps and state.step >= tc.max_steps:
                 stop = True
                 break
-        epoch_done = not stop or state.batch_in_epoch >= len(epoch_batches(n, tc.batch_size, tc.seed, state.epoch, dist))
+        n_batches = len(epoch_batches(n, tc.batch_size, tc.seed, state.epoch, dist))
+        epoch_done = not stop or state.batch_in_epoch >= n_batches
         if epoch_done:
             finished_epoch = state.epoch
             state.epoch += 1
             state.batch_in_epoch = 0
             record: dict[str, Any] = {"kind": "epoch", "epoch": finished_epoch, "step": state.step,
-                                      "train_loss": loss_sum / max(len(batches), 1),
+                                      "train_loss": state.epoch_loss / max(n_batches, 1),
                                       "clips_per_s": seen / max(time.perf_counter() - t0, 1e-9)}
             if val_ds is not None and len(val_ds) and (state.epoch % tc.val_every == 0 or state.epoch == tc.epochs):  # type: ignore[arg-type]
                 last_val = evaluate_net(net, val_ds, device, batch_size=tc.batch_size, amp=tc.amp,
@@ -233,8 +282,9 @@ def fit(
                     state.best_miou = last_val.miou
                     save(best_path)
             mlog.write(**record)
-            log.info("epoch %d: %s", finished_epoch + 1,
-                     ", ".join(f"{k}={v:.4f}" for k, v in record.items() if isinstance(v, float)))
+            if dist.is_main:  # one line per epoch, not one per rank
+                log.info("epoch %d: %s", finished_epoch + 1,
+                         ", ".join(f"{k}={v:.4f}" for k, v in record.items() if isinstance(v, float)))
         save(last_path)
     if dist.is_main and not best_path.exists():
         save(best_path)  # no validation split: best == last
