@@ -6,9 +6,10 @@ Both sources yield the same ``Batch``; the training loop and evaluation never kn
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch

@@ -216,6 +216,8 @@ def fit(
         mlog.truncate_after(state.step)
         if dist.is_main:
             log.info("resumed from %s at epoch %d, step %d", last_path, state.epoch, state.step)
+    else:
+        mlog.truncate_after(0)  # a fresh start (or --no-resume) does not append to an old run's numbers
     if dist.is_main:  # only once a resumed checkpoint is known to match: a refused run changes nothing
         import yaml
 
