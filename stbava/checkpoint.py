@@ -9,13 +9,12 @@ Loading uses ``weights_only=True``.
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from stbava.atomic import atomic_open, atomic_write_bytes, atomic_write_text  # noqa: F401 (re-exported)
 from stbava.config import Config, config_from_dict
 from stbava.encoders.checkpoints import CheckpointError
 
@@ -27,40 +26,10 @@ class CheckpointFormatError(CheckpointError):
     """A checkpoint that cannot be used: truncated, foreign, or made for another config/cache."""
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to a temp file in the same folder, fsync, then rename over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode())
-
-
 def atomic_torch_save(obj: Any, path: str | Path) -> None:
     """``torch.save`` through a temp file + rename, so a crash never leaves a half-written checkpoint."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_open(path) as f:
+        torch.save(obj, f)
 
 
 def file_digest(path: str | Path) -> str:

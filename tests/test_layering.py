@@ -13,6 +13,7 @@ FORBIDDEN = {
     "data": {"encoders", "cache", "model", "pipeline", "cli"},
     "encoders": {"cache", "model", "pipeline", "cli"},
     "cache": {"encoders", "model", "pipeline", "cli"},
+    "atomic": {"config", "data", "encoders", "cache", "model", "pipeline", "cli"},
     "model": {"cache", "pipeline", "cli", "data"},
     "metrics": {"cache", "model", "pipeline", "cli", "encoders", "data"},
     "pipeline": {"cli"},

@@ -9,12 +9,12 @@ changes when the clip set grows (rare, under the writer lock) and is always repl
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from stbava.atomic import atomic_write_text
 
 SCHEMA_VERSION = 1
 
@@ -178,15 +178,5 @@ def fingerprint_differences(stored: Mapping[str, Any], expected: Mapping[str, An
 
 
 def write_json_atomic(path: str | Path, text: str) -> None:
-    """Write ``text`` to a temp file beside ``path``, fsync, then ``os.replace``: readers never see half a file."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write ``text`` atomically: readers never see half a manifest (see :mod:`stbava.atomic`)."""
+    atomic_write_text(path, text)
