@@ -1,1 +1,1 @@
-"""Benchmarks: `python -m benchmarks.bench_cache` (cache write/read throughput)."""
+"""Benchmarks: `python -m benchmarks` (all; `make bench`) or `python -m benchmarks.bench_<name>` (one)."""
