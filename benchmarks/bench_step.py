@@ -5,7 +5,7 @@ The re-run step is the published code's approach: ``FrozenImageEncoder`` on the 
 embeddings. Same architecture and grid (vit_b at 1024 -> 64x64), steps interleaved in one process. The
 FLOP-bound ratio ``1 + T * encoder_flops / step_flops`` is printed beside the measured one (and for vit_h).
 
-    python -m benchmarks.bench_step                 # vit_b, T=2, 3 cached + 1 re-run step (CPU: ~2-3 min)
+    python -m benchmarks.bench_step                 # vit_b, T=2, warm-up + 2 cached + 1 re-run step (CPU: ~2 min)
     python -m benchmarks.bench_step --quick         # tiny encoder (smoke test, seconds)
 """
 
@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--encoder", default=None, help="vit_b (default) | vit_l | vit_h | tiny")
     ap.add_argument("--frames", type=int, default=2, help="T, frames per clip")
     ap.add_argument("--depth", type=int, default=5, help="ST-BAVA blocks")
-    ap.add_argument("--cached-reps", type=int, default=3)
+    ap.add_argument("--cached-reps", type=int, default=2)
     ap.add_argument("--rerun-reps", type=int, default=1)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--amp", default="auto", help="stage-two amp: auto (bf16 on CUDA) | bf16 | off")
