@@ -317,3 +317,42 @@ def test_reader_pickles_and_works_in_dataloader_workers(tmp_path, backend):
     got = [b[0].numpy() for b in loader]
     for cid, arr in zip(ids, got):
         np.testing.assert_array_equal(arr, clip_data(cid)[0].astype(np.float16).astype(np.float32))
+
+
+def _damage_one_frame(path, backend, how):
+    """Flip one byte in (or cut short) the stored chunk of train clip row 0, frame 1 of the image array."""
+    if backend == "zarr":
+        chunk = path / "train" / IMAGE / "c" / "0" / "1" / "0" / "0" / "0"
+        data = bytearray(chunk.read_bytes())
+        if how == "flip":
+            data[len(data) // 2] ^= 0x01
+        chunk.write_bytes(bytes(data if how == "flip" else data[: len(data) // 3]))
+        return
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        info = f[f"train/{IMAGE}"].id.get_chunk_info_by_coord((0, 1, 0, 0, 0))
+    with open(path, "r+b") as fh:
+        fh.seek(info.byte_offset + info.size // 2)
+        b = fh.read(1)
+        fh.seek(info.byte_offset + info.size // 2)
+        fh.write(bytes([b[0] ^ 0x01]) if how == "flip" else b"\0" * (info.size // 2))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("how", ["flip", "truncate"])
+def test_a_damaged_chunk_is_always_a_clear_error_never_silent_numbers(tmp_path, backend, how):
+    """Every stored chunk carries a checksum, so even a one-bit change reads as damage (what --verify relies on)."""
+    for codec in get_backend(backend).codecs:
+        with make(tmp_path, backend, name=codec, codec=codec) as w:
+            fill(w, ["v1", "v2"])
+        _damage_one_frame(w.path, backend, how)
+        r = open_cache(w.path)
+        with pytest.raises(CacheError, match="data of clip 'v1' is damaged.*--verify"):
+            r.image_embeddings("v1")
+        np.testing.assert_array_equal(r.image_embeddings("v1", frames=[0, 2]),
+                                      clip_data("v1")[0][[0, 2]].astype(np.float16))
+        np.testing.assert_array_equal(r.image_embeddings("v2"), clip_data("v2")[0].astype(np.float16))
+        r.close()
+        with make(tmp_path, backend, name=codec, codec=codec) as w2:  # reopening resumes the same cache
+            assert w2.verify() == ["v1"] and w2.num_done() == 1
