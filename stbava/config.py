@@ -40,6 +40,7 @@ class ModelConfig:
     temporal: bool = True  # ablation: False drops the temporal attention steps
     bidirectional: bool = True  # ablation: False keeps only the audio-to-visual direction
     fusion: bool = True  # ablation: False = decoder-only "SAM baseline"
+    center_audio: bool = True  # stage-two init: projection bias centres the mean train audio (see AVSModel)
     mask_size: int = 224  # output logits resolution (AVSBench masks are 224x224)
     adapters: bool = False  # stage three: audio adapters inside the image encoder
     adapter_hidden: int = 512  # adapter hidden width (published: 512)

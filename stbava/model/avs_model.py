@@ -67,6 +67,23 @@ class AVSModel(nn.Module):
             transformer_dim=embed_dim, iou_head_depth=3, iou_head_hidden_dim=256,
         )
 
+    @torch.no_grad()
+    def center_audio_projection(self, mean_audio: torch.Tensor) -> None:
+        """Data-dependent init: fold "subtract the mean training audio" into the projection bias.
+
+        Why: VGGish embeddings share a large common component (random VGGish: cosine ~0.94 between
+        different classes; pretrained VGGish vectors are non-negative), and A0 is L2-normalised right after
+        the projection, so with a plain random init every A0 points the same way and the sound-specific part
+        is a small remainder the model has to dig out before it can learn to use audio at all. Subtracting
+        ``W @ mean`` from the bias, i.e. projecting ``x - mean`` (the architecture and parameter set are
+        unchanged), makes A0 encode how a sound differs from the average one.
+
+        Args:
+            mean_audio: ``[audio_dim]`` mean VGGish vector of the training clips.
+        """
+        w = self.audio_embed_layer.weight
+        self.audio_embed_layer.bias -= w @ mean_audio.to(w)
+
     def _check(self, image: torch.Tensor, audio: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Shape checks + cast to the model dtype (cached image embeddings are float16)."""
         b, t = image.shape[:2]

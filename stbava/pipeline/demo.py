@@ -28,7 +28,7 @@ def demo_config(path: str | Path | None = None) -> Config:
     if p.is_file():
         return load_config(p)
     return load_config(None, {"subset": "ms3", "model": {"depth": 2},
-                              "train": {"epochs": 12, "batch_size": 4, "lr": 1e-3}})
+                              "train": {"epochs": 16, "batch_size": 4, "lr": 3e-4}})
 
 
 def _row(name: str, report: dict[str, Any]) -> dict[str, Any]:

@@ -15,8 +15,10 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
+from stbava.cache.manifest import AUDIO_DIM
+from stbava.cache.reader import CacheReader
 from stbava.config import Config
-from stbava.data.clips import DataError, load_clips
+from stbava.data.clips import Clip, DataError, load_clips
 from stbava.pipeline.distributed import resolve_device
 from stbava.pipeline.net import CachedEmbedder, Net
 from stbava.pipeline.sources import CachedClips, ResidentClips
@@ -50,11 +52,33 @@ def sam_decoder_init(path: str | None) -> dict[str, torch.Tensor] | None:
     return sam_decoder_state(load_state_file(path, "sam"))
 
 
-def build_fusion_net(cfg: Config, sam_state: dict[str, torch.Tensor] | None = None) -> Net:
+def build_fusion_net(cfg: Config, sam_state: dict[str, torch.Tensor] | None = None,
+                     mean_audio: torch.Tensor | None = None) -> Net:
+    """The stage-two net at its initial weights (a resumed run overwrites them from last.pt)."""
     from stbava.model.build import build_model
 
     torch.manual_seed(cfg.train.seed)  # model init is part of the recorded, reproducible run
-    return Net(build_model(cfg, sam_state), CachedEmbedder())
+    model = build_model(cfg, sam_state)
+    if cfg.model.center_audio and mean_audio is not None:
+        model.center_audio_projection(mean_audio)
+    return Net(model, CachedEmbedder())
+
+
+def initial_fusion_net(cfg: Config, reader: CacheReader, train_clips: list[Clip]) -> Net:
+    """The net stage two starts from: SAM decoder weights if configured, audio projection centred on the train audio."""
+    mean_audio = mean_train_audio(reader, train_clips) if cfg.model.center_audio else None
+    return build_fusion_net(cfg, sam_decoder_init(cfg.encoder.sam_checkpoint), mean_audio)
+
+
+def mean_train_audio(reader: CacheReader, clips: list[Clip]) -> torch.Tensor:
+    """Mean VGGish vector over every frame of the train clips (read from the cache; a few KB per clip)."""
+    total = torch.zeros(AUDIO_DIM, dtype=torch.float64)
+    count = 0
+    for clip in clips:
+        a = torch.from_numpy(reader.audio_embeddings(clip.id)).double()
+        total += a.sum(0)
+        count += a.shape[0]
+    return (total / max(count, 1)).float()
 
 
 def train_fusion(cfg: Config, cache: str | Path, data_root: str | Path, run_dir: str | Path, *,
@@ -71,7 +95,7 @@ def train_fusion(cfg: Config, cache: str | Path, data_root: str | Path, run_dir:
         raise DataError(f"no train clips for subset {cfg.subset} under {data_root}")
     train_ds: Dataset = CachedClips(cache, train_clips, cfg.frames)
     val_ds = CachedClips(cache, val_clips, cfg.frames) if val_clips else None
-    net = build_fusion_net(cfg, sam_decoder_init(cfg.encoder.sam_checkpoint))
+    net = initial_fusion_net(cfg, reader, train_clips)
     dev = resolve_device(device)
     if cfg.train.gpu_resident:  # whole train split on the device once; validation still streams from the cache
         resident = ResidentClips(train_ds, dev, num_workers=cfg.train.num_workers)

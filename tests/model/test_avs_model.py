@@ -168,3 +168,23 @@ def test_build_model_rejects_incomplete_sam_state():
     no_pe = {k: v for k, v in sam_sd.items() if k != PE_KEY}
     with pytest.raises(CheckpointError, match="positional_encoding_gaussian_matrix"):
         build_model(cfg, no_pe)
+
+
+def test_centering_the_audio_projection_makes_a0_encode_the_difference_from_the_mean_sound():
+    m = _model()
+    g = torch.Generator().manual_seed(5)
+    common = 3.0 + torch.rand(128, generator=g)  # VGGish-like: a large component every sound shares
+    sounds = common + 0.3 * torch.randn(6, 128, generator=g)
+    w_before, b_before = m.audio_embed_layer.weight.clone(), m.audio_embed_layer.bias.clone()
+
+    def a0(x):
+        return torch.nn.functional.normalize(m.audio_embed_layer(x), dim=-1)
+
+    with torch.no_grad():
+        cos_before = (a0(sounds) @ a0(sounds).T)[~torch.eye(6, dtype=torch.bool)].mean()
+        m.center_audio_projection(sounds.mean(0))
+        assert torch.equal(m.audio_embed_layer.weight, w_before)  # only the bias moves
+        # = projecting (x - mean) with the original weights: the mean sound lands on the original small bias
+        torch.testing.assert_close(m.audio_embed_layer(sounds), (sounds - sounds.mean(0)) @ w_before.T + b_before)
+        cos_after = (a0(sounds) @ a0(sounds).T)[~torch.eye(6, dtype=torch.bool)].mean()
+    assert cos_before > 0.8 and cos_after < 0.2, (cos_before, cos_after)

@@ -165,3 +165,23 @@ def test_gradients_reach_every_parameter_in_both_modes():
         (out_v.square().mean() + out_a.square().mean()).backward()
         for name, p in blk.named_parameters():
             assert p.grad is not None and p.grad.abs().sum() > 0, f"{mode}: {name}"
+
+
+@pytest.mark.parametrize("audio_side", ["keys", "query"])
+def test_temporal_attention_equals_mha_on_audio_repeated_per_pixel(audio_side):
+    # the published computation: repeat the audio token over the HW pixels, then nn.MultiheadAttention
+    # with (L, N, E) = (frames, clips*pixels, C); ours projects the audio token once and broadcasts
+    blk = _block()
+    a, v, a0, pe = _inputs(b=2, t=4)
+    b, t, n, c = v.shape
+    q, k, val = (v + pe, a + a0, a) if audio_side == "keys" else (a + a0, v + pe, v)
+
+    def seq(x):
+        return x.expand(b, t, n, c).transpose(0, 1).reshape(t, b * n, c)
+
+    with torch.no_grad():
+        want = blk.avt_attention(seq(q), seq(k), seq(val), need_weights=False)[0]
+        want = want.reshape(t, b, n, c).transpose(0, 1)
+        got = blk.temporal_attention(q, k, val)
+    assert got.shape == (b, t, n, c)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)

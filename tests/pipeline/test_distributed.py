@@ -24,12 +24,14 @@ from stbava.cache import CacheError, create_cache, join_cache, merge_parts, open
 from stbava.cache.shards import part_path
 from stbava.checkpoint import read_checkpoint, save_checkpoint
 from stbava.config import EncoderConfig, load_config
+from stbava.data.clips import load_clips
 from stbava.data.synthetic import write_synthetic
 from stbava.pipeline import extract
 from stbava.pipeline.adapters_stage import finetune_adapters
 from stbava.pipeline.distributed import DistInfo
 from stbava.pipeline.extract import run_extraction
-from stbava.pipeline.fusion import FUSION_PREFIXES, build_fusion_net, config_for_cache, train_fusion
+from stbava.pipeline.fusion import (FUSION_PREFIXES, build_fusion_net, config_for_cache, initial_fusion_net,
+                                    train_fusion)
 from stbava.pipeline.run_eval import run_eval
 from stbava.pipeline.train import ZeroWeightPadding, epoch_batches, saved_weights
 
@@ -229,11 +231,12 @@ def single_run(data_root, single_caches, tmp_path_factory):
     return run
 
 
-def test_two_rank_training_with_resume_equals_one_process(ddp_run, single_run, single_caches):
+def test_two_rank_training_with_resume_equals_one_process(ddp_run, single_run, single_caches, data_root):
     ddp, one = read_checkpoint(ddp_run / "last.pt"), read_checkpoint(single_run / "last.pt")
     assert ddp["state"]["loop"]["step"] == one["state"]["loop"]["step"] == 4
     cfg = config_for_cache(load_config(None, TRAIN), open_cache(single_caches / "c.zarr").fingerprint)
-    init = build_fusion_net(cfg).state_dict()
+    train = load_clips(data_root, cfg.subset, ["train"], frames=cfg.frames)
+    init = initial_fusion_net(cfg, open_cache(single_caches / "c.zarr"), train).state_dict()
     assert_same_update(ddp["weights"], one["weights"], init)
     steps_ddp, steps_one = records(ddp_run, "step"), records(single_run, "step")
     assert [r["step"] for r in steps_ddp] == [1, 2, 3, 4]  # rank 0 alone logs; resume dropped nothing twice
