@@ -1,0 +1,31 @@
+"""The product's central claim, end to end on a small synthetic set: stage two learns to use the audio.
+
+On the synthetic MS3 data only the audio tells which visible objects sound, so a model that ignores it scores
+the same with another clip's audio. It guards against the failure of the first demo recipe
+(own and shuffled audio scored identically). About two minutes on a 2-core CPU. Measured with these settings:
+own audio mIoU 0.442 / F 0.689, shuffled 0.216 / 0.467 (with ``model.center_audio`` off: 0.431 / 0.577 vs
+0.276 / 0.428).
+"""
+
+from __future__ import annotations
+
+from stbava.config import EncoderConfig, load_config
+from stbava.data.synthetic import write_synthetic
+from stbava.pipeline.extract import run_extraction
+from stbava.pipeline.fusion import train_fusion
+from stbava.pipeline.run_eval import run_eval
+
+
+def test_stage_two_learns_to_use_the_audio(tmp_path):
+    root = write_synthetic(tmp_path / "data", "ms3", {"train": 48, "val": 8, "test": 16}, seed=7)
+    cache = tmp_path / "c.zarr"
+    run_extraction(root, "ms3", cache, "zarr", EncoderConfig(), batch_size=8, device="cpu", progress=False,
+                   num_workers=0)
+    cfg = load_config(None, {"subset": "ms3", "model": {"depth": 2},
+                             "train": {"epochs": 14, "batch_size": 4, "lr": 3e-4}})
+    train_fusion(cfg, cache, root, tmp_path / "run", device="cpu", progress=False)
+    ckpt = tmp_path / "run" / "last.pt"
+    own, _ = run_eval(ckpt, root, "test", None, cache=cache, device="cpu", progress=False)
+    shuffled, _ = run_eval(ckpt, root, "test", None, cache=cache, device="cpu", shuffle_audio=True, progress=False)
+    assert own.miou > shuffled.miou + 0.1 and own.fscore > shuffled.fscore + 0.1, (own.miou, shuffled.miou,
+                                                                                   own.fscore, shuffled.fscore)
