@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--num-workers", type=int, default=2, help="decode workers (CLI default 2)")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--amp", default=None, help="off | bf16 (default: bf16 on CUDA, off on CPU)")
-    ap.add_argument("--sdpa", default=None, choices=["on", "off"], help="default: on for CUDA, off on CPU")
+    ap.add_argument("--sdpa", default=None, choices=["on", "off"], help="default: what extract-features does (on)")
     ap.add_argument("--attn-reps", type=int, default=None, help="attention micro-benchmark reps (0: skip)")
     ap.add_argument("--dir", type=Path, default=None, help="scratch folder")
     ap.add_argument("--json", type=Path, default=None)

@@ -114,7 +114,7 @@ def synth_cmd(out: Path, subset: str, clips_per_split: int, seed: int, frames: i
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @click.option("--verify", is_flag=True, help="Read back every done clip first; re-extract those that no longer decode.")
 @click.option("--sdpa/--no-sdpa", default=None,
-              help="Fused SDPA attention in the image encoder (exact); default: on for CUDA, off on CPU.")
+              help="Fused SDPA attention in the image encoder (exact rel-pos bias); default: on.")
 def extract_features_cmd(data_root: Path, subset: str, cache_path: Path, backend: str, encoder: str,
                          sam_checkpoint: Path | None, vggish_checkpoint: Path | None, vggish_pca: Path | None,
                          splits: tuple[str, ...], batch_size: int, device: str, amp: str, store_log_mel: bool,
