@@ -31,7 +31,8 @@ from benchmarks.common import TrainStep, device_line, peak_flops, resolve, step_
 from stbava.cache import create_cache
 from stbava.data.clips import load_clips
 from stbava.data.synthetic import write_synthetic
-from stbava.pipeline.sources import Batch, CachedClips, ResidentClips, collate
+from stbava.pipeline.resident import ResidentClips
+from stbava.pipeline.sources import Batch, CachedClips, collate
 
 EMB = (256, 64, 64)
 BACKENDS = (("zarr", "blosc-lz4"), ("hdf5", "none"))
@@ -81,7 +82,7 @@ def train_rate(step: TrainStep, source: Any, batches: list[list[int]], device: t
     n = 0
     for batch in source:
         batch: Batch = batch.to(device)
-        step(batch.image, batch.audio, batch.masks, batch.mask_valid)
+        step(batch.image_embeddings, batch.audio_embeddings, batch.masks, batch.mask_valid)
         n += len(batch.clip_ids)
     sync(device)
     return n / (time.perf_counter() - t0)

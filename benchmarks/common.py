@@ -139,15 +139,15 @@ def step_flops(encoder: str, frames: int, depth: int, batch: int = 1) -> float:
     from torch.utils.flop_counter import FlopCounterMode
 
     from stbava.encoders.image import grid_size
-    from stbava.pipeline.fusion import build_fusion_net
-    from stbava.pipeline.train import masked_bce
+    from stbava.losses import masked_bce
+    from stbava.pipeline.net import build_fusion_net
 
     g = grid_size(encoder)
     with torch.device("meta"):
         net = build_fusion_net(fusion_config(encoder, frames, depth)).train()
         img = torch.empty(batch, frames, 256, g, g, dtype=torch.float16)
         with FlopCounterMode(display=False) as fc:
-            logits = net(img, torch.empty(batch, frames, 128))
+            logits = net(image_embeddings=img, audio_embeddings=torch.empty(batch, frames, 128))
             masked_bce(logits, torch.empty(batch, frames, 224, 224),
                        torch.ones(batch, frames, dtype=torch.bool)).backward()
     return float(fc.get_total_flops())
@@ -159,7 +159,8 @@ class TrainStep:
     def __init__(self, encoder: str, frames: int, depth: int, batch: int, device: torch.device,
                  amp: str = "auto", seed: int = 0) -> None:
         from stbava.encoders.image import grid_size
-        from stbava.pipeline.fusion import FUSION_PREFIXES, build_fusion_net
+        from stbava.pipeline.net import build_fusion_net
+        from stbava.pipeline.stage2 import FUSION_PREFIXES
         from stbava.pipeline.train import set_trainable, trainable_predicate
 
         g = grid_size(encoder)
@@ -175,12 +176,12 @@ class TrainStep:
 
     def __call__(self, image: torch.Tensor | None = None, audio: torch.Tensor | None = None,
                  masks: torch.Tensor | None = None, valid: torch.Tensor | None = None) -> float:
-        from stbava.pipeline.net import amp_context
-        from stbava.pipeline.train import masked_bce
+        from stbava.device import autocast
+        from stbava.losses import masked_bce
 
         image = self.image if image is None else image
-        with amp_context(self.device, self.amp):
-            logits = self.net(image, self.audio if audio is None else audio)
+        with autocast(self.device, self.amp):
+            logits = self.net(image_embeddings=image, audio_embeddings=self.audio if audio is None else audio)
         loss = masked_bce(logits, self.masks if masks is None else masks, self.valid if valid is None else valid)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
-__version__ = "0.1.0"
+from stbava.version import __version__
+
 __all__ = ["open_cache", "load_model", "load_config", "__version__"]
 
 
@@ -17,7 +18,7 @@ def __getattr__(name: str) -> Any:
 
         return open_cache
     if name == "load_model":
-        from stbava.checkpoint import load_model
+        from stbava.pipeline.restore import load_model
 
         return load_model
     if name == "load_config":

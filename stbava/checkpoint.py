@@ -3,20 +3,21 @@
 A checkpoint holds only what was trained (plus the tiny positional-encoding buffer the decoder was trained
 with), the resolved config, the fingerprint of the embeddings it was trained on and the loop state needed for
 exact resume. It never holds the frozen encoders: those are rebuilt from the config (and its checkpoint paths).
-Loading uses ``weights_only=True``.
+Loading uses ``weights_only=True``. This module only reads and writes the envelope; rebuilding a model from
+one is :mod:`stbava.pipeline.restore` (``stbava.load_model``).
 """
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from stbava.atomic import atomic_open, atomic_write_bytes, atomic_write_text  # noqa: F401 (re-exported)
+from stbava.atomic import atomic_open
 from stbava.config import Config, config_from_dict
-from stbava.encoders.checkpoints import CheckpointError
+from stbava.provenance import require_same_encoders
+from stbava.state_dict import CheckpointError
 
 FORMAT = "stbava-checkpoint"
 VERSION = 1
@@ -30,14 +31,6 @@ def atomic_torch_save(obj: Any, path: str | Path) -> None:
     """``torch.save`` through a temp file + rename, so a crash never leaves a half-written checkpoint."""
     with atomic_open(path) as f:
         torch.save(obj, f)
-
-
-def file_digest(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def save_checkpoint(path: str | Path, *, kind: str, cfg: Config, weights: dict[str, torch.Tensor],
@@ -100,24 +93,8 @@ def check_compatible(payload: dict[str, Any], cfg: Config, fingerprint: dict[str
             f"{payload['path']}: made with another model config ({'; '.join(diffs)}); use the matching --config, "
             "or start a new --run-dir"
         )
-    if fingerprint is not None and payload.get("fingerprint") is not None:
-        from stbava.encoders.fingerprint import fingerprint_digest
-
-        a, b = fingerprint_digest(payload["fingerprint"]), fingerprint_digest(fingerprint)
-        if a != b:
-            raise CheckpointFormatError(
-                f"{payload['path']}: trained on embeddings of another encoder (fingerprint {a} vs the cache's {b}); "
-                "evaluate it against the cache it was trained on, or rebuild that cache with "
-                "`stbava extract-features` using the checkpoint's encoder settings"
-            )
-
-
-def load_model(path: str | Path, device: str | torch.device = "cpu"):
-    """Rebuild a trained model from a checkpoint file (or run dir): returns ``(model, config)``.
-
-    A stage-three checkpoint also restores its adapters; the model then exposes ``model.adapted_encoder``
-    (the image encoder with audio adapters), which eval/predict run on raw frames.
-    """
-    from stbava.pipeline.restore import restore_model
-
-    return restore_model(read_checkpoint(path), device=device)
+    require_same_encoders(
+        payload.get("fingerprint"), fingerprint, subject=f"checkpoint {payload['path']} was trained on",
+        other="this cache's", error=CheckpointFormatError,
+        fix="evaluate it against the cache it was trained on, or rebuild that cache with `stbava extract-features` "
+            "using the checkpoint's encoder settings")

@@ -191,34 +191,51 @@ class MetricAccumulator:
     """AVSBench's dataset values: the unweighted mean of batch values (its ``AverageMeter``).
 
     ``update`` takes one metric batch ``[N,H,W]`` or a stack of clips ``[B,T,H,W]``, each of which then counts
-    as its own batch, as with the published one-clip batches.
+    as its own batch, as with the published one-clip batches. Batch values are kept by key (a clip id, or the
+    arrival index when no key is given) and averaged in key order, so states gathered from several ranks
+    (:meth:`merged`) give exactly the single-process result.
     """
 
     def __init__(self) -> None:
-        self._iou_sum = 0.0
-        self._f_sum = 0.0
-        self.batches = 0
+        self.values: dict[object, tuple[float, float]] = {}
 
-    def update(self, logits: ArrayLike, gt: ArrayLike) -> list[tuple[float, float]]:
-        """Add batches; returns their ``(iou, fscore)`` values."""
-        values = []
-        for lg, g in _batches(logits, gt):
-            iou, f = mask_iou(lg, g), f_score(lg, g)
-            self._iou_sum += iou
-            self._f_sum += f
-            self.batches += 1
-            values.append((iou, f))
-        return values
+    @property
+    def batches(self) -> int:
+        return len(self.values)
+
+    def update(self, logits: ArrayLike, gt: ArrayLike, keys: Iterable[object] | None = None
+               ) -> list[tuple[float, float]]:
+        """Add batches (optionally named by ``keys``, one per batch); returns their ``(iou, fscore)`` values."""
+        pairs = list(_batches(logits, gt))
+        names = list(keys) if keys is not None else [len(self.values) + i for i in range(len(pairs))]
+        if len(names) != len(pairs):
+            raise ValueError(f"{len(names)} keys for {len(pairs)} metric batches")
+        out = [(mask_iou(lg, g), f_score(lg, g)) for lg, g in pairs]
+        self.values.update(zip(names, out))
+        return out
+
+    @classmethod
+    def merged(cls, parts: Iterable[MetricAccumulator]) -> MetricAccumulator:
+        """Combine states with disjoint keys, e.g. every rank's after an all-gather (this one included)."""
+        out = cls()
+        for p in parts:
+            out.values.update(p.values)
+        return out
+
+    def _mean(self, i: int) -> float:
+        if not self.values:
+            return float("nan")
+        return float(np.mean([self.values[k][i] for k in sorted(self.values)]))  # type: ignore[type-var]
 
     @property
     def miou(self) -> float:
         """Mean of batch mIoUs (NaN before the first update)."""
-        return self._iou_sum / self.batches if self.batches else float("nan")
+        return self._mean(0)
 
     @property
     def fscore(self) -> float:
         """Mean of batch F-scores (NaN before the first update)."""
-        return self._f_sum / self.batches if self.batches else float("nan")
+        return self._mean(1)
 
 
 class PooledMetrics:

@@ -48,3 +48,7 @@ def vggish_mel() -> tuple[ModuleType, ModuleType]:
     _bare_package("torchvggish")
     return (importlib.import_module("torchvggish.mel_features"),
             importlib.import_module("torchvggish.vggish_params"))
+
+
+# SAM's state-dict name of the random-Fourier PE matrix its mask decoder was trained with (REFERENCE §9.2).
+SAM_PE_KEY = "prompt_encoder.pe_layer.positional_encoding_gaussian_matrix"

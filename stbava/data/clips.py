@@ -155,3 +155,11 @@ def load_clips(
         fp, wav, mp, mf = _clip_paths(root, subset, split, vid, category, frames)
         clips.append(Clip(vid, subset, split, category, fp, wav, mp, mf))
     return clips
+
+
+def load_train_val(data_root: str | Path, subset: str, frames: int = FRAMES_PER_CLIP) -> tuple[list[Clip], list[Clip]]:
+    """The train and val clips of ``subset`` (val may be empty); a training run without train clips is an error."""
+    train = load_clips(data_root, subset, ["train"], frames=frames)
+    if not train:
+        raise DataError(f"no train clips for subset {subset} under {data_root}")
+    return train, load_clips(data_root, subset, ["val"], frames=frames)

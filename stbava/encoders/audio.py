@@ -17,7 +17,8 @@ import torch
 from torch import nn
 
 from stbava import thirdparty
-from stbava.encoders.checkpoints import CheckpointError, describe_state, load_state_file, load_strict
+from stbava.encoders.checkpoints import describe_state, load_state_file
+from stbava.state_dict import CheckpointError, load_strict
 
 logger = logging.getLogger(__name__)
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import pickle
-import re
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -18,7 +17,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
+
+from stbava.state_dict import CheckpointError, examples
+from stbava.thirdparty import SAM_PE_KEY
 
 _SAM_URL = "https://dl.fbaipublicfiles.com/segment_anything/"
 _TVG_URL = "https://github.com/harritaylor/torchvggish/releases/download/v0.1/"
@@ -59,10 +60,6 @@ _NUMPY_SAFE_GLOBALS: list[Any] = [
     np.dtype,
     *(type(np.dtype(t)) for t in (np.float16, np.float32, np.float64, np.int32, np.int64)),
 ]
-
-
-class CheckpointError(ValueError):
-    """A weight file that is missing, unreadable or does not fit the model it is loaded into."""
 
 
 def where_to_get(what: str) -> str:
@@ -124,67 +121,7 @@ def load_state_file(path: str | Path, what: str) -> dict[str, Any]:
     return _as_tensor_dict(obj, p, what)
 
 
-def strip_prefix(sd: Mapping[str, Any], prefix: str) -> dict[str, Any]:
-    """The entries whose key starts with ``prefix``, with the prefix removed (others dropped)."""
-    return {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
-
-
-def _shape(v: Any) -> tuple[int, ...] | None:
-    return tuple(v.shape) if hasattr(v, "shape") else None
-
-
-def _natural(key: str) -> list[Any]:
-    """Sort key that puts blocks.2 before blocks.10."""
-    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", key)]
-
-
-def _examples(keys: list[str], n: int = 5) -> str:
-    shown = ", ".join(keys[:n])
-    return shown + (f", ... (+{len(keys) - n} more)" if len(keys) > n else "")
-
-
-def state_mismatch(module: nn.Module, sd: Mapping[str, Any]) -> tuple[list[str], list[str], list[str]]:
-    """Missing keys, unexpected keys and ``key: file [..] vs model [..]`` shape mismatches, each sorted."""
-    own = module.state_dict()
-    missing = sorted((k for k in own if k not in sd), key=_natural)
-    unexpected = sorted((k for k in sd if k not in own), key=_natural)
-    shapes = [
-        f"{k}: file {list(_shape(sd[k]) or [])} vs model {list(own[k].shape)}"
-        for k in sorted(own, key=lambda k: (k.count("."), _natural(k)))  # top-level (pos_embed) first
-        if k in sd and _shape(sd[k]) != tuple(own[k].shape)
-    ]
-    return missing, unexpected, shapes
-
-
-def load_strict(module: nn.Module, sd: Mapping[str, Any], source: str, *, hint: str = "",
-                assign: bool = False) -> None:
-    """``module.load_state_dict(sd, strict=True)`` with a readable CheckpointError instead of a RuntimeError.
-
-    Args:
-        module: target module.
-        sd: state dict whose keys must match ``module.state_dict()`` exactly (names and shapes).
-        source: what the state dict is, e.g. ``"image_encoder.* of SAM checkpoint x.pth"``.
-        hint: appended to the error (e.g. which ``--encoder`` the file fits).
-        assign: take the tensors as the parameters (for modules built on the meta device).
-    """
-    missing, unexpected, shapes = state_mismatch(module, sd)
-    if missing or unexpected or shapes:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing keys ({_examples(missing)})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected keys ({_examples(unexpected)})")
-        if shapes:
-            parts.append(f"{len(shapes)} shape mismatches ({_examples(shapes, 3)})")
-        msg = f"{source} does not fit {type(module).__name__}: " + "; ".join(parts) + "."
-        raise CheckpointError(msg + (f" {hint}" if hint else ""))
-    bad = [k for k, v in sd.items() if not torch.is_tensor(v)]
-    if bad:
-        raise CheckpointError(f"{source}: entries are not tensors ({_examples(sorted(bad))})")
-    module.load_state_dict(dict(sd), strict=True, assign=assign)
-
-
-PE_KEY = "prompt_encoder.pe_layer.positional_encoding_gaussian_matrix"
+PE_KEY = SAM_PE_KEY
 
 
 def sam_decoder_state(sd: Mapping[str, Any], source: str = "SAM checkpoint") -> dict[str, Any]:
@@ -199,7 +136,7 @@ def sam_decoder_state(sd: Mapping[str, Any], source: str = "SAM checkpoint") -> 
     if not out or PE_KEY not in sd:
         lacking = [n for n, ok in (("mask_decoder.*", bool(out)), (PE_KEY, PE_KEY in sd)) if not ok]
         raise CheckpointError(
-            f"{source} has no {' and no '.join(lacking)} keys (found e.g. {_examples(sorted(sd), 3)}): "
+            f"{source} has no {' and no '.join(lacking)} keys (found e.g. {examples(sorted(sd), 3)}): "
             f"{where_to_get('sam')}"
         )
     out[PE_KEY] = sd[PE_KEY]

@@ -8,34 +8,17 @@ identified by their content (sha256), not their path, so moving a file keeps the
 
 from __future__ import annotations
 
-import hashlib
-import json
-from pathlib import Path
 from typing import Any
 
 from stbava import thirdparty
 from stbava.config import EncoderConfig
+from stbava.digest import file_sha256
 from stbava.encoders.audio import EMBED_DIM
 from stbava.encoders.checkpoints import require_file
 from stbava.encoders.image import IMAGE_ENCODERS, NORM_EPS, PIXEL_MEAN, PIXEL_STD, grid_size, image_size
+from stbava.provenance import fingerprint_digest  # noqa: F401 (the digest users quote)
 
 SCHEMA = 1  # bump when the meaning of a field (or any preprocessing step) changes
-_BLOCK = 1 << 20
-_digests: dict[tuple[str, int, int], str] = {}
-
-
-def file_sha256(path: str | Path) -> str:
-    """Hex sha256 of a file, read in 1 MiB blocks; cached per (path, size, mtime) within the process."""
-    p = Path(path).expanduser().resolve()
-    st = p.stat()
-    key = (str(p), st.st_size, st.st_mtime_ns)
-    if key not in _digests:
-        h = hashlib.sha256()
-        with open(p, "rb") as f:
-            while block := f.read(_BLOCK):
-                h.update(block)
-        _digests[key] = h.hexdigest()
-    return _digests[key]
 
 
 def _weights(path: str | None, what: str, random_desc: str) -> str:
@@ -98,9 +81,3 @@ def encoder_fingerprint(enc: EncoderConfig, frames: int) -> dict[str, Any]:
             },
         },
     }
-
-
-def fingerprint_digest(fp: dict[str, Any]) -> str:
-    """16 hex chars of sha256 over canonical JSON (sorted keys, no whitespace)."""
-    text = json.dumps(fp, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]

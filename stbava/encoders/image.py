@@ -19,7 +19,8 @@ from torch import nn
 
 from stbava import thirdparty
 from stbava.config import ConfigError
-from stbava.encoders.checkpoints import describe_state, load_state_file, load_strict, strip_prefix
+from stbava.encoders.checkpoints import describe_state, load_state_file
+from stbava.state_dict import load_strict, strip_prefix
 
 logger = logging.getLogger(__name__)
 
@@ -174,3 +175,14 @@ def build_image_encoder(name: str = "tiny", checkpoint: str | Path | None = None
     model = FrozenImageEncoder(encoder, name).eval()
     model.requires_grad_(False)
     return model
+
+
+def model_geometry(name: str) -> dict[str, int]:
+    """``{"grid": g, "img_size": S}`` of encoder ``name``: the plain ints the fusion model is built from."""
+    return {"grid": grid_size(name), "img_size": image_size(name)}
+
+
+def adapter_geometry(name: str) -> dict[str, int]:
+    """``{"width": C, "blocks": n}`` of encoder ``name``: what its audio adapters' shapes depend on."""
+    cfg = _config(name)
+    return {"width": int(cfg["embed_dim"]), "blocks": int(cfg["depth"])}

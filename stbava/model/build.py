@@ -1,4 +1,8 @@
-"""Config -> :class:`AVSModel`: the only place in ``stbava.model`` that reads a :class:`Config`."""
+"""Config -> :class:`AVSModel`: the only place in ``stbava.model`` that reads a :class:`Config`.
+
+The model knows nothing about encoders: the caller passes the embedding grid and the encoder's input side as
+plain ints (``stbava.encoders.image.grid_size`` / ``image_size`` of the cache's encoder).
+"""
 
 from __future__ import annotations
 
@@ -9,18 +13,23 @@ import torch
 
 from stbava.config import Config
 from stbava.model.avs_model import AVSModel
+from stbava.state_dict import CheckpointError, load_strict, strip_prefix
+from stbava.thirdparty import SAM_PE_KEY
 
 PE_MODEL_KEY = "pe_layer.positional_encoding_gaussian_matrix"
 
 
-def model_kwargs(cfg: Config) -> dict[str, Any]:
-    """Flat :class:`AVSModel` constructor arguments for ``cfg`` (grid and input size from the encoder)."""
-    from stbava.encoders.image import grid_size, image_size
+def model_kwargs(cfg: Config, *, grid: int, img_size: int) -> dict[str, Any]:
+    """Flat :class:`AVSModel` constructor arguments for ``cfg`` on a ``grid`` x ``grid`` embedding.
 
+    Args:
+        cfg: the run's config (``model`` section).
+        grid: side of the image-embedding grid (64 for SAM ViTs, 16 for ``tiny``).
+        img_size: the encoder's input side (1024 / 256); low-res masks are upsampled to it first.
+    """
     m = cfg.model
     return {
-        "embed_dim": m.embed_dim, "grid": grid_size(cfg.encoder.name),
-        "img_size": image_size(cfg.encoder.name),
+        "embed_dim": m.embed_dim, "grid": grid, "img_size": img_size,
         "mask_size": m.mask_size, "depth": m.depth, "heads": m.num_heads, "mlp_dim": m.mlp_dim,
         "attn_dropout": m.attn_dropout, "spatial_mode": m.spatial_mode, "temporal": m.temporal,
         "bidirectional": m.bidirectional, "fusion": m.fusion,
@@ -41,23 +50,22 @@ def load_sam_decoder(model: AVSModel, sam_state: Mapping[str, torch.Tensor],
     Raises:
         CheckpointError: missing/unexpected decoder keys, a shape mismatch, or no PE matrix.
     """
-    from stbava.encoders.checkpoints import PE_KEY, CheckpointError, load_strict, strip_prefix
-
-    if PE_KEY not in sam_state:
-        raise CheckpointError(f"{source} has no {PE_KEY}: the mask decoder must start with the PE it was "
+    if SAM_PE_KEY not in sam_state:
+        raise CheckpointError(f"{source} has no {SAM_PE_KEY}: the mask decoder must start with the PE it was "
                               "trained with; pass an official SAM checkpoint (sam_vit_*.pth)")
     load_strict(model.mask_decoder, strip_prefix(dict(sam_state), "mask_decoder."),
                 f"mask_decoder.* of {source}")
-    load_strict(model.pe_layer, {"positional_encoding_gaussian_matrix": sam_state[PE_KEY]},
-                f"{PE_KEY} of {source}")
+    load_strict(model.pe_layer, {"positional_encoding_gaussian_matrix": sam_state[SAM_PE_KEY]},
+                f"{SAM_PE_KEY} of {source}")
 
 
-def build_model(cfg: Config, sam_state: Mapping[str, torch.Tensor] | None = None) -> AVSModel:
+def build_model(cfg: Config, sam_state: Mapping[str, torch.Tensor] | None = None, *, grid: int,
+                img_size: int) -> AVSModel:
     """Build the fusion model for ``cfg``; with ``sam_state`` the decoder and PE start from SAM.
 
     Random parts use the global torch RNG (the caller seeds it; the training run records the seed).
     """
-    model = AVSModel(**model_kwargs(cfg))
+    model = AVSModel(**model_kwargs(cfg, grid=grid, img_size=img_size))
     if sam_state is not None:
         load_sam_decoder(model, sam_state)
     return model

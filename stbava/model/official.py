@@ -22,33 +22,17 @@ from torch import nn
 from stbava.config import Config
 from stbava.model.avs_model import AVSModel
 from stbava.model.build import model_kwargs
+from stbava.state_dict import CheckpointError, check_state
 
 IGNORED_PREFIXES = ("image_encoder.", "prompt_encoder.")
 ADAPTER_PREFIX = "image_encoder.prompt_generator."
-_SHOWN = 12
-
-
-def _listing(what: str, keys: list[str]) -> str:
-    shown = ", ".join(keys[:_SHOWN])
-    return f"{len(keys)} {what} ({shown}{', ...' if len(keys) > _SHOWN else ''})"
-
-
-def _check(module: nn.Module, sd: Mapping[str, torch.Tensor], source: str, hint: str) -> None:
-    from stbava.encoders.checkpoints import CheckpointError, state_mismatch
-
-    missing, unexpected, shapes = state_mismatch(module, sd)
-    if missing or unexpected or shapes:
-        parts = [_listing(w, k) for w, k in (("missing keys", missing), ("unexpected keys", unexpected),
-                                                ("shape mismatches", shapes)) if k]
-        raise CheckpointError(
-            f"{source} does not fit the published ST-BAVA layout: {'; '.join(parts)}.{hint}")
 
 
 def _layer_count(sd: Mapping[str, torch.Tensor]) -> int:
     return len({k.split(".")[1] for k in sd if k.startswith("layers.")})
 
 
-def convert_official_state(sd: Mapping[str, torch.Tensor], cfg: Config,
+def convert_official_state(sd: Mapping[str, torch.Tensor], cfg: Config, *, grid: int, img_size: int,
                            source: str = "published ST-BAVA checkpoint") -> dict[str, torch.Tensor]:
     """Map a published ``Decoder.state_dict()`` to :class:`AVSModel` keys (fusion + decoder + PE).
 
@@ -57,36 +41,36 @@ def convert_official_state(sd: Mapping[str, torch.Tensor], cfg: Config,
         cfg: target config; ``model.depth`` must equal the file's layer count and the ablation switches
             must describe the full published model. ``spatial_mode`` may be either (the weights are the
             same; only ``reference`` reproduces the published logits).
+        grid, img_size: the embedding grid and encoder input side of the published model's SAM (64 / 1024).
         source: named in errors (e.g. the file path).
 
     Returns:
-        ``{name: tensor}`` loadable strictly into ``build_model(cfg)``.
+        ``{name: tensor}`` loadable strictly into ``build_model(cfg, grid=grid, img_size=img_size)``.
 
     Raises:
         CheckpointError: ablated config, or missing/unexpected/mis-shaped keys (all listed).
     """
-    from stbava.encoders.checkpoints import CheckpointError
-
     m = cfg.model
     if not (m.fusion and m.temporal and m.bidirectional):
         raise CheckpointError(f"{source}: the published model is the full ST-BAVA; set model.fusion, "
                               "model.temporal and model.bidirectional to true to import it")
     with torch.device("meta"):  # only names and shapes are needed
-        target = AVSModel(**model_kwargs(cfg))
+        target = AVSModel(**model_kwargs(cfg, grid=grid, img_size=img_size))
     ours = {k: v for k, v in sd.items() if not k.startswith(IGNORED_PREFIXES)}
     n = _layer_count(ours)
-    hint = f" The file has {n} ST-BAVA layers: set model.depth={n}." if n != m.depth else ""
-    _check(target, ours, source, hint)
+    hint = f"The file has {n} ST-BAVA layers: set model.depth={n}." if n != m.depth else ""
+    check_state(target, ours, f"{source} (published ST-BAVA layout)", hint=hint)
     return {k: ours[k] for k in target.state_dict()}
 
 
-def convert_official_adapters(sd: Mapping[str, torch.Tensor], cfg: Config,
+def convert_official_adapters(sd: Mapping[str, torch.Tensor], cfg: Config, *, width: int, blocks: int,
                               source: str = "published ST-BAVA checkpoint") -> dict[str, torch.Tensor]:
     """The audio adapters of a published file, keyed as in ``AdaptedImageEncoder`` (``prompt_generator.*``).
 
     Args:
         sd: the published state dict.
-        cfg: gives the encoder (its width and depth) and ``model.adapter_hidden``.
+        cfg: gives ``model.adapter_hidden`` (and the encoder name for messages).
+        width, blocks: the image encoder's embedding width and block count (1280 / 32 for vit_h).
         source: named in errors.
 
     Returns:
@@ -96,18 +80,16 @@ def convert_official_adapters(sd: Mapping[str, torch.Tensor], cfg: Config,
     Raises:
         CheckpointError: adapter keys that do not fit ``cfg.encoder.name`` / ``adapter_hidden``.
     """
-    from stbava.encoders.image import IMAGE_ENCODERS
     from stbava.model.adapters import AudioPromptGenerator
 
     found = {k[len("image_encoder."):]: v for k, v in sd.items() if k.startswith(ADAPTER_PREFIX)}
     if not found:
         return {}
-    enc = IMAGE_ENCODERS[cfg.encoder.name]
     with torch.device("meta"):
         holder = nn.Module()
-        holder.prompt_generator = AudioPromptGenerator(enc["embed_dim"], enc["depth"], 128,
+        holder.prompt_generator = AudioPromptGenerator(width, blocks, 128,
                                                        cfg.model.adapter_hidden)
-    hint = (f" Expected adapters for --encoder {cfg.encoder.name} (width {enc['embed_dim']}, "
-            f"{enc['depth']} blocks) with hidden width model.adapter_hidden={cfg.model.adapter_hidden}.")
-    _check(holder, found, f"{source} (image_encoder.prompt_generator.*)", hint)
+    hint = (f"Expected adapters for --encoder {cfg.encoder.name} (width {width}, "
+            f"{blocks} blocks) with hidden width model.adapter_hidden={cfg.model.adapter_hidden}.")
+    check_state(holder, found, f"{source} (image_encoder.prompt_generator.*)", hint=hint)
     return {k: found[k] for k in holder.state_dict()}

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from stbava.checkpoint import atomic_write_text
+from stbava.atomic import atomic_write_text
 from stbava.config import Config, load_config
 
 log = logging.getLogger(__name__)
@@ -45,9 +45,9 @@ def run_demo(out: str | Path, *, config: str | Path | None = None, clips: tuple[
              seed: int = 0, device: str = "auto", progress: bool = True) -> dict[str, Any]:
     """Run every stage into ``out``; returns the results (also written to out/results.{json,md})."""
     from stbava.data.synthetic import write_synthetic
+    from stbava.pipeline.evaluate import run_eval
     from stbava.pipeline.extract import run_extraction
-    from stbava.pipeline.fusion import train_fusion
-    from stbava.pipeline.run_eval import run_eval
+    from stbava.pipeline.stage2 import train_fusion
 
     out = Path(out)
     cfg = demo_config(config)

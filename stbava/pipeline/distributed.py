@@ -98,12 +98,3 @@ def dist_info() -> DistInfo:
 def _destroy() -> None:
     if tdist.is_initialized():
         tdist.destroy_process_group()
-
-
-def resolve_device(name: str = "auto") -> torch.device:
-    """``auto`` -> this rank's CUDA device when present, else CPU."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", dist_info().local_rank)
-        return torch.device("cpu")
-    return torch.device(name)

@@ -1,23 +1,31 @@
-"""Evaluation with AVSBench's exact metrics: one clip per metric batch, dataset value = mean of clip values.
+"""``stbava eval``: AVSBench's exact metrics, one clip per metric batch, dataset value = mean of clip values.
 
-The model itself may run several clips per forward (``batch_size``); metrics are still computed per clip,
-so the numbers do not depend on that batch size. Under torchrun each rank runs every world-th of the very
-batches one process would run and the per-clip values are gathered; the means are taken in clip-id order,
-so the result is exactly the single-process result.
+The model may run several clips per forward (``batch_size``); metrics are still computed per clip
+(:class:`stbava.metrics.MetricAccumulator`), so the numbers do not depend on that batch size. The metric
+input is always float32 logits: autocast may run the network, never the metric. Under torchrun each rank
+runs every world-th of the very batches one process would run and the per-clip values are gathered; the
+means are taken in clip-id order, so the result is exactly the single-process result.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from stbava.atomic import atomic_write_text
+from stbava.checkpoint import check_compatible, read_checkpoint
+from stbava.config import Config
+from stbava.data.clips import Clip, DataError, load_clips
+from stbava.device import autocast, resolve_device
+from stbava.digest import file_sha256
+from stbava.metrics import MetricAccumulator, PooledMetrics
 from stbava.pipeline.distributed import dist_info
-from stbava.pipeline.net import amp_context
-from stbava.pipeline.sources import Batch, collate
+from stbava.pipeline.sources import Batch, CachedClips, CachedSource, LiveSource, collate
 
 
 @dataclass
@@ -40,25 +48,15 @@ class EvalResult:
 
 
 @torch.inference_mode()
-def evaluate_net(
-    net: torch.nn.Module,
-    ds: Dataset,
-    device: torch.device,
-    *,
-    batch_size: int = 4,
-    amp: str = "auto",
-    num_workers: int = 0,
-    progress: bool = True,
-    on_batch: Callable[[Batch, torch.Tensor], None] | None = None,
-) -> EvalResult:
+def evaluate_net(net: torch.nn.Module, ds: Dataset, device: torch.device, *, batch_size: int = 4,
+                 amp: str = "auto", num_workers: int = 0, progress: bool = True,
+                 on_batch: Callable[[Batch, torch.Tensor], None] | None = None) -> EvalResult:
     """Score ``net`` on every clip of ``ds`` (only annotated frames count).
 
     Args:
         on_batch: called with each batch and its logits ``[B,T,224,224]`` (CPU, float32), e.g. to save masks.
     """
     from tqdm.auto import tqdm
-
-    from stbava.metrics import PooledMetrics, f_score, mask_iou
 
     dist = dist_info()
     n = len(ds)  # type: ignore[arg-type]
@@ -68,35 +66,25 @@ def evaluate_net(
                         generator=torch.Generator())
     was_training = net.training
     net.eval()
-    per_clip: dict[str, dict[str, float]] = {}
-    pooled = PooledMetrics()
+    clips, pooled = MetricAccumulator(), PooledMetrics()
     for batch in tqdm(loader, desc="eval", disable=not (progress and dist.is_main), leave=False, unit="batch"):
         batch = batch.to(device)
-        with amp_context(device, amp):
-            logits = net(batch.image, batch.audio)
+        with autocast(device, amp):
+            logits = net(**batch.inputs())
         logits = logits.float().cpu()
         masks, valid = batch.masks.cpu(), batch.mask_valid.cpu()
         for b, cid in enumerate(batch.clip_ids):
-            lg, gt = logits[b][valid[b]], masks[b][valid[b]]
-            if len(lg) == 0:
-                continue
-            per_clip[cid] = {"iou": float(mask_iou(lg, gt)), "fscore": float(f_score(lg, gt))}
-            pooled.update(lg, gt)
+            if valid[b].any():
+                clips.update(logits[b][valid[b]], masks[b][valid[b]], keys=[cid])
+                pooled.update(logits[b][valid[b]], masks[b][valid[b]])
         if on_batch is not None:
             on_batch(batch, logits)
     net.train(was_training)
     if dist.active:
-        merged: dict[str, dict[str, float]] = {}
-        for part in dist.all_gather_objects(per_clip):
-            merged.update(part)  # type: ignore[arg-type]
-        per_clip = merged
+        clips = MetricAccumulator.merged(dist.all_gather_objects(clips))  # type: ignore[arg-type]
         pooled = pooled.merged(dist.all_gather_objects(pooled))  # type: ignore[arg-type]
-    per_clip = dict(sorted(per_clip.items()))  # a fixed summation order, whatever the world size
-    ious = [v["iou"] for v in per_clip.values()]
-    fs = [v["fscore"] for v in per_clip.values()]
-    return EvalResult(miou=float(np.mean(ious)) if ious else float("nan"),
-                      fscore=float(np.mean(fs)) if fs else float("nan"),
-                      per_clip=per_clip,
+    per_clip = {str(k): {"iou": v[0], "fscore": v[1]} for k, v in sorted(clips.values.items())}  # type: ignore[type-var]
+    return EvalResult(miou=clips.miou, fscore=clips.fscore, per_clip=per_clip,
                       pooled_miou=pooled.miou, pooled_fscore=pooled.fscore)
 
 
@@ -106,3 +94,52 @@ def report_dict(result: EvalResult, **context: Any) -> dict[str, Any]:
             "pooled_miou": result.pooled_miou, "pooled_fscore": result.pooled_fscore,
             "per_clip_iou": {k: v["iou"] for k, v in result.per_clip.items()},
             "per_clip_fscore": {k: v["fscore"] for k, v in result.per_clip.items()}, **context}
+
+
+def make_eval_dataset(payload: dict[str, Any], cfg: Config, clips: list[Clip], cache: str | Path | None,
+                      shuffle_audio: bool = False) -> tuple[Dataset, dict[str, Any] | None]:
+    """Cached embeddings for stage-two checkpoints, raw frames for checkpoints with adapters."""
+    if payload["kind"] == "adapters":
+        from stbava.encoders.image import image_size
+
+        return LiveSource(image_size(cfg.encoder.name), cfg.frames).dataset(clips, shuffle_audio), None
+    if cache is None:
+        raise DataError("this checkpoint evaluates on cached embeddings: pass --cache (the stage-one store)")
+    ds = CachedSource(cache, cfg.frames).dataset(clips, shuffle_audio)
+    check_compatible(payload, cfg, ds.fingerprint)
+    return ds, ds.fingerprint
+
+
+def run_eval(checkpoint: str | Path, data_root: str | Path, split: str, out: str | Path | None, *,
+             cache: str | Path | None = None, device: str = "auto", batch_size: int = 4,
+             save_masks: str | Path | None = None, overlays: int = 0, figures: int = 0,
+             shuffle_audio: bool = False, progress: bool = True) -> tuple[EvalResult, dict[str, Any]]:
+    """Evaluate ``checkpoint`` on ``split``; write the JSON report to ``out`` (and artefacts beside it)."""
+    from stbava.pipeline.eval_outputs import BatchWriter, save_similarity_figures
+    from stbava.pipeline.restore import restore_net
+
+    payload = read_checkpoint(checkpoint)
+    dist = dist_info()
+    dev = resolve_device(device, dist.local_rank)
+    net, cfg = restore_net(payload, dev)
+    clips = load_clips(data_root, cfg.subset, [split], frames=cfg.frames)
+    if not clips:
+        raise DataError(f"no clips in split {split!r} of {cfg.subset} under {data_root}")
+    ds, fp = make_eval_dataset(payload, cfg, clips, cache, shuffle_audio)
+    out_dir = Path(out).parent if out else Path(".")
+    writer = None
+    if save_masks or (overlays and dist.is_main):
+        # every rank writes the masks of its own clips; overlays come from rank 0's clips only
+        writer = BatchWriter({c.id: c for c in clips}, Path(save_masks) if save_masks else None,
+                             out_dir / "overlays" if overlays and dist.is_main else None, overlays)
+    result = evaluate_net(net, ds, dev, batch_size=batch_size, amp=cfg.train.amp, progress=progress,
+                          on_batch=writer)
+    report = report_dict(result, subset=cfg.subset, split=split, shuffled_audio=shuffle_audio,
+                         checkpoint=str(payload["path"]), checkpoint_digest=file_sha256(payload["path"]),
+                         checkpoint_kind=payload["kind"], cache=str(cache) if cache else None,
+                         cache_fingerprint=fp, config=cfg.to_dict())
+    if figures and isinstance(ds, CachedClips) and cfg.model.fusion and cfg.model.depth > 0 and dist.is_main:
+        report["similarity_figures"] = save_similarity_figures(net, ds, out_dir, figures, dev)
+    if out and dist.is_main:
+        atomic_write_text(out, json.dumps(report, indent=2) + "\n")
+    return result, report

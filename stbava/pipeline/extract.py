@@ -14,11 +14,11 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from datetime import timedelta
 from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -29,17 +29,18 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from stbava import __version__
 from stbava.cache import CacheError, CacheWriter, create_cache, join_cache, merge_parts
 from stbava.config import ConfigError, EncoderConfig
 from stbava.data.clips import Clip, DataError, load_clips
 from stbava.data.io import load_audio, read_clip_frames
 from stbava.data.transforms import frames_to_sam_input, waveform_to_examples
-from stbava.encoders.audio import build_vggish, embed_audio
-from stbava.encoders.fast_attention import enable_sdpa
+from stbava.device import autocast, resolve_device
+from stbava.encoders.audio import embed_audio
+from stbava.encoders.build import build_frozen_encoders
 from stbava.encoders.fingerprint import encoder_fingerprint, fingerprint_digest
-from stbava.encoders.image import build_image_encoder, grid_size, image_size
+from stbava.encoders.image import grid_size, image_size
 from stbava.pipeline.distributed import DistInfo, dist_info
+from stbava.version import __version__
 
 log = logging.getLogger(__name__)
 
@@ -91,17 +92,6 @@ def _as_list(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return items  # clips may differ in frame size; batching happens in encode_batch
 
 
-def resolve_extract_device(device: str, local_rank: int = 0) -> torch.device:
-    """``auto``/``cuda`` -> this process's GPU (``cuda:LOCAL_RANK`` under torchrun), else CPU."""
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
-        raise ConfigError(f"--device must be auto, cpu or cuda, got {device!r}")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError("--device cuda requested but torch sees no CUDA device; use --device cpu or auto")
-    return torch.device("cuda", local_rank) if device == "cuda" else torch.device(device)
-
-
 def encode_batch(image_encoder: nn.Module, vggish: nn.Module, items: Sequence[dict[str, Any]],
                  device: torch.device, amp: str = "off") -> list[tuple[np.ndarray, np.ndarray]]:
     """Encode several clips in one forward per encoder (B*T frames) when their frame sizes agree.
@@ -119,9 +109,8 @@ def encode_batch(image_encoder: nn.Module, vggish: nn.Module, items: Sequence[di
     counts = [it["frames"].shape[0] for it in items]
     same = len({tuple(it["frames"].shape[1:]) for it in items}) == 1
     groups = [torch.cat([it["frames"] for it in items])] if same else [it["frames"] for it in items]
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp == "bf16" and device.type == "cuda")
     with torch.inference_mode():
-        with autocast:
+        with autocast(device, amp if device.type == "cuda" else "off"):  # bf16 on CUDA only
             images = [image_encoder(g.to(device, non_blocking=True)).to(torch.float16) for g in groups]
         # one VGGish call per clip ([T,1,96,64] every time): batched convolutions pick other kernels for other
         # batch sizes, and a clip's embedding must not depend on its batch-mates, or a resumed cache would differ
@@ -180,7 +169,7 @@ def run_extraction(data_root: str | Path, subset: str, cache_path: str | Path, b
     if batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1, got {batch_size}")
     dist = dist_info()
-    dev = resolve_extract_device(device, dist.local_rank)
+    dev = resolve_device(device, dist.local_rank)
     if amp == "bf16" and dev.type != "cuda":
         log.warning("--amp bf16 needs CUDA (bf16 autocast is much slower on CPUs); extracting in float32")
         amp = "off"
@@ -289,10 +278,7 @@ def _finish_shards(sync: _Sync, writer: CacheWriter, written: int) -> int:
 def _extract(writer: CacheWriter, todo: list[Clip], enc_cfg: EncoderConfig, dev: torch.device, amp: str,
              batch_size: int, frames: int, store_log_mel: bool, num_workers: int, bar: tqdm,
              sdpa: bool = False) -> None:
-    image_encoder = build_image_encoder(enc_cfg.name, enc_cfg.sam_checkpoint, seed=enc_cfg.seed).to(dev)
-    if sdpa:
-        enable_sdpa(image_encoder)
-    vggish = build_vggish(enc_cfg.vggish_checkpoint, enc_cfg.vggish_pca, seed=enc_cfg.seed).to(dev)
+    image_encoder, vggish = build_frozen_encoders(enc_cfg, dev, sdpa=sdpa)
     loader = DataLoader(ClipInputs(todo, image_size(enc_cfg.name), frames), batch_size=batch_size, shuffle=False,
                         num_workers=num_workers, collate_fn=_as_list, pin_memory=dev.type == "cuda",
                         persistent_workers=False)

@@ -1,68 +1,61 @@
-"""``Net`` = an embedder (where embeddings come from) + the ST-BAVA fusion model.
+"""``Net`` = an embedder (where embeddings come from) + the fusion model, and the builders of each stage's net.
 
 Stage two's embedder passes cached embeddings through; stage three's runs frozen VGGish and the SAM image
-encoder with trainable audio adapters on raw frames. ``Net.forward`` has one signature for both, so one
-training loop and one evaluation serve both stages.
+encoder with trainable audio adapters on raw frames (:mod:`stbava.pipeline.sources`). ``Net.forward`` takes a
+batch's named inputs, so one training loop and one evaluation serve both stages. The builders live here, not
+in the stage recipes, so that restoring a checkpoint (:mod:`.restore`) needs no training code.
 """
 
 from __future__ import annotations
 
-import contextlib
-from typing import Iterator
+import dataclasses
+from typing import Any
 
 import torch
 from torch import nn
 
+from stbava.config import Config
+from stbava.pipeline.sources import CachedEmbedder, LiveSource
+from stbava.state_dict import load_strict
 
-class CachedEmbedder(nn.Module):
-    """Stage two: the batch already holds ``[B,T,256,h,w]`` image and ``[B,T,128]`` audio embeddings."""
-
-    def forward(self, image: torch.Tensor, audio: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return image, audio
-
-
-class LiveEmbedder(nn.Module):
-    """Stage three: frames ``[B,T,3,S,S]`` (0..255) + log-mels ``[B,T,1,96,64]`` -> embeddings.
-
-    VGGish stays frozen (run without grad); the image encoder carries the audio adapters, which need the
-    frame's VGGish vector, so embeddings depend on audio and cannot be cached.
-    """
-
-    def __init__(self, image_encoder: nn.Module, vggish: nn.Module, grad_checkpointing: bool = False) -> None:
-        super().__init__()
-        self.image_encoder = image_encoder
-        self.vggish = vggish
-        self.grad_checkpointing = grad_checkpointing
-
-    def forward(self, image: torch.Tensor, audio: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        b, t = image.shape[:2]
-        with torch.no_grad():
-            emb = self.vggish(audio.flatten(0, 1).float()).float()  # [B*T,128]
-        feats = self.image_encoder(image.flatten(0, 1), emb, checkpoint=self.grad_checkpointing and self.training)
-        return feats.unflatten(0, (b, t)), emb.unflatten(0, (b, t))
+ADAPTER_PREFIX = "embedder.image_encoder.prompt_generator"  # stage three's audio adapters inside a Net
 
 
 class Net(nn.Module):
-    """Embedder + fusion model. ``forward(image, audio) -> logits [B,T,mask,mask]``."""
+    """Embedder + fusion model: ``forward(**batch.inputs()) -> logits [B,T,mask,mask]``."""
 
     def __init__(self, model: nn.Module, embedder: nn.Module) -> None:
         super().__init__()
         self.model = model
         self.embedder = embedder
 
-    def forward(self, image: torch.Tensor, audio: torch.Tensor) -> torch.Tensor:
-        img, aud = self.embedder(image, audio)
-        return self.model(img, aud)
+    def forward(self, **inputs: torch.Tensor) -> torch.Tensor:
+        image, audio = self.embedder(**inputs)
+        return self.model(image, audio)
 
 
-@contextlib.contextmanager
-def amp_context(device: torch.device, amp: str) -> Iterator[None]:
-    """bf16 autocast on CUDA for ``auto``/``bf16``; nothing on CPU (bf16 is ~15x slower there, ENV-NOTES §2)."""
-    if device.type == "cuda" and amp in ("auto", "bf16"):
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            yield
-    elif device.type == "cpu" and amp == "bf16":
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            yield
-    else:
-        yield
+def build_fusion_net(cfg: Config, sam_state: dict[str, torch.Tensor] | None = None,
+                     mean_audio: torch.Tensor | None = None) -> Net:
+    """The stage-two net at its initial weights (a resumed run overwrites them from last.pt)."""
+    from stbava.encoders.image import model_geometry
+    from stbava.model.build import build_model
+
+    torch.manual_seed(cfg.train.seed)  # model init is part of the recorded, reproducible run
+    model = build_model(cfg, sam_state, **model_geometry(cfg.encoder.name))
+    if cfg.model.center_audio and mean_audio is not None:
+        model.center_audio_projection(mean_audio)
+    return Net(model, CachedEmbedder())
+
+
+def build_adapter_net(cfg: Config, init: dict[str, Any]) -> Net:
+    """Stage-two fusion weights + frozen encoders + fresh (or to-be-loaded) adapters."""
+    from stbava.encoders.build import build_frozen_encoders
+    from stbava.model.adapters import AdaptedImageEncoder
+
+    fusion_cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, adapters=False))
+    net = build_fusion_net(fusion_cfg)
+    model_keys = [k for k in net.state_dict() if k.startswith("model.")]
+    load_strict(net, init["weights"], init["path"], required=model_keys)
+    enc, vgg = build_frozen_encoders(cfg.encoder)
+    adapted = AdaptedImageEncoder(enc, hidden=cfg.model.adapter_hidden, zero_init=cfg.model.adapter_zero_init)
+    return Net(net.model, LiveSource.embedder(adapted, vgg, grad_checkpointing=cfg.train.grad_checkpointing))

@@ -1,58 +1,58 @@
-"""Rebuild a ``Net`` from a checkpoint: stage two (fusion) or stage three (adapters on top of stage two)."""
+"""Rebuild a ``Net`` from a checkpoint: stage two (fusion) or stage three (adapters on top of stage two).
+
+``stbava.load_model`` lives here, above both stage recipes, so that :mod:`stbava.checkpoint` (reading and
+writing the file) stays a leaf that imports no pipeline code.
+"""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
 
-from stbava.checkpoint import CheckpointFormatError, checkpoint_config, file_digest, read_checkpoint
+from stbava.checkpoint import CheckpointFormatError, checkpoint_config, read_checkpoint
 from stbava.config import Config
-from stbava.pipeline.net import Net
+from stbava.digest import file_sha256
+from stbava.pipeline.net import ADAPTER_PREFIX, Net, build_adapter_net, build_fusion_net
+from stbava.state_dict import load_strict
 
 
-def _load_exact(net: Net, weights: dict[str, torch.Tensor], source: str, prefix: str = "") -> None:
-    """Load ``weights`` into ``net``; every key must exist with the same shape (no silent strict=False)."""
-    own = net.state_dict()
-    unexpected = [k for k in weights if k not in own]
-    bad = [k for k in weights if k in own and own[k].shape != weights[k].shape]
-    if unexpected or bad:
-        raise CheckpointFormatError(f"{source}: keys not in this model {unexpected[:4]}, shape mismatch {bad[:4]}")
-    missing = [k for k in own if k.startswith(prefix) and k not in weights] if prefix else []
-    if missing:
-        raise CheckpointFormatError(f"{source}: missing weights {missing[:4]} (of {len(missing)})")
-    net.load_state_dict(weights, strict=False)
+def _stage_two_of(payload: dict[str, Any]) -> dict[str, Any]:
+    """The stage-two checkpoint a stage-three one was fine-tuned from, checked unchanged by digest."""
+    init = read_checkpoint(payload["extra"]["init_checkpoint"])
+    if file_sha256(init["path"]) != payload["extra"]["init_digest"]:
+        raise CheckpointFormatError(
+            f"{payload['path']}: its stage-two checkpoint {init['path']} changed since fine-tuning "
+            f"(digest mismatch); restore the original file or re-run `stbava finetune-adapters`"
+        )
+    return init
 
 
 def restore_net(payload: dict[str, Any], device: str | torch.device = "cpu") -> tuple[Net, Config]:
-    """A ready-to-run ``Net`` (eval mode) and its config from a checkpoint payload."""
-    from stbava.pipeline.fusion import build_fusion_net
-
+    """A ready-to-run ``Net`` (eval mode, frozen) and its config from a checkpoint payload."""
     cfg = checkpoint_config(payload)
     if payload["kind"] == "fusion":
         net = build_fusion_net(cfg)
-        _load_exact(net, payload["weights"], payload["path"], prefix="model.")
-    elif payload["kind"] == "adapters":
-        from stbava.pipeline.adapters_stage import build_adapter_net
-
-        init_path = payload["extra"]["init_checkpoint"]
-        init = read_checkpoint(init_path)
-        want = payload["extra"]["init_digest"]
-        if file_digest(init["path"]) != want:
-            raise CheckpointFormatError(
-                f"{payload['path']}: its stage-two checkpoint {init['path']} changed since fine-tuning "
-                f"(digest mismatch); restore the original file or re-run `stbava finetune-adapters`"
-            )
-        net = build_adapter_net(cfg, init)
-        _load_exact(net, payload["weights"], payload["path"])
+        required = [k for k in net.state_dict() if k.startswith("model.")]
+    elif payload["kind"] == "adapters":  # stage-two weights already in place; these overwrite what stage three trained
+        net = build_adapter_net(cfg, _stage_two_of(payload))
+        required = [k for k in net.state_dict() if k.startswith(ADAPTER_PREFIX)]
     else:
         raise CheckpointFormatError(f"{payload['path']}: unknown checkpoint kind {payload['kind']!r}")
+    load_strict(net, payload["weights"], payload["path"], required=required)
     net.to(device).eval().requires_grad_(False)  # inference: frozen; training code sets its own flags
     return net, cfg
 
 
-def restore_model(payload: dict[str, Any], device: str | torch.device = "cpu") -> tuple[torch.nn.Module, Config]:
-    """``stbava.load_model``: the fusion model (embeddings in, logits out); adapters ride along if present."""
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, Config]:
+    """Rebuild a trained model from a checkpoint file (or run dir): returns ``(model, config)``.
+
+    The model takes embeddings and returns logits. A stage-three checkpoint also restores its adapters; the
+    model then exposes ``model.adapted_encoder`` (the image encoder with audio adapters), which eval/predict
+    run on raw frames.
+    """
+    payload = read_checkpoint(path)
     net, cfg = restore_net(payload, device)
     model = net.model
     if payload["kind"] == "adapters":

@@ -8,7 +8,7 @@ import torch
 
 from stbava import thirdparty
 from stbava.encoders.audio import build_vggish, embed_audio
-from stbava.encoders.checkpoints import CheckpointError
+from stbava.state_dict import CheckpointError
 from stbava.testing import (
     fake_pca_params,
     write_fake_sam_checkpoint,

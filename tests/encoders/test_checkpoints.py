@@ -10,15 +10,9 @@ import torch
 
 from stbava import thirdparty
 from stbava.encoders.audio import build_vggish
-from stbava.encoders.checkpoints import (
-    PE_KEY,
-    CheckpointError,
-    load_state_file,
-    load_strict,
-    sam_decoder_state,
-    strip_prefix,
-)
+from stbava.encoders.checkpoints import PE_KEY, load_state_file, sam_decoder_state
 from stbava.encoders.image import build_image_encoder
+from stbava.state_dict import CheckpointError, load_strict, strip_prefix
 from stbava.testing import fake_pca_params, write_fake_sam_checkpoint, write_fake_vggish_pca
 
 

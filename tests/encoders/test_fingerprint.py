@@ -11,10 +11,11 @@ import shutil
 
 import pytest
 
+from stbava import digest as digestmod
 from stbava.config import ConfigError, EncoderConfig
-from stbava.encoders import fingerprint as fpmod
-from stbava.encoders.checkpoints import CheckpointError
-from stbava.encoders.fingerprint import encoder_fingerprint, file_sha256, fingerprint_digest
+from stbava.digest import file_sha256
+from stbava.encoders.fingerprint import encoder_fingerprint, fingerprint_digest
+from stbava.state_dict import CheckpointError
 
 
 def test_random_init_fingerprint_is_jsonable_and_stable() -> None:
@@ -71,7 +72,7 @@ def test_digest_cache_notices_a_rewritten_file(tmp_path) -> None:
     f = tmp_path / "w.pth"
     f.write_bytes(b"a" * 10)
     first = file_sha256(f)
-    assert file_sha256(f) == first and len(fpmod._digests) >= 1
+    assert file_sha256(f) == first and len(digestmod._cache) >= 1
     st = f.stat()
     f.write_bytes(b"b" * 10)  # same size; force a different mtime so the cache key changes
     os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))

@@ -6,12 +6,14 @@ import pytest
 import torch
 
 from stbava.config import load_config
-from stbava.encoders.checkpoints import PE_KEY, CheckpointError, sam_decoder_state
+from stbava.encoders.checkpoints import PE_KEY, sam_decoder_state
 from stbava.model.avs_model import AVSModel
 from stbava.model.build import build_model, model_kwargs
+from stbava.state_dict import CheckpointError
 from stbava.testing import build_sam
 
 G, IMG = 16, 256  # tiny encoder grid / input size
+TINY = {"grid": G, "img_size": IMG}
 
 
 def _model(seed: int = 0, **kw) -> AVSModel:
@@ -130,9 +132,9 @@ def test_ablations_run_end_to_end(overrides):
 
 def test_build_model_from_config_and_parameter_counts():
     cfg = load_config(None, {"frames": 3, "model": {"depth": 3}})
-    kw = model_kwargs(cfg)
+    kw = model_kwargs(cfg, **TINY)
     assert (kw["grid"], kw["img_size"], kw["mask_size"]) == (16, 256, 224)
-    m = build_model(cfg)
+    m = build_model(cfg, **TINY)
     def count(mod):
         return sum(p.numel() for p in mod.parameters())
 
@@ -141,14 +143,14 @@ def test_build_model_from_config_and_parameter_counts():
     assert count(m.layers) == 3 * 1_056_768
     top = {k.split(".")[0] for k in m.state_dict()}
     assert top == {"audio_embed_layer", "layers", "pe_layer", "mask_decoder"}
-    base = build_model(load_config(None, {"model": {"fusion": False}}))
+    base = build_model(load_config(None, {"model": {"fusion": False}}), **TINY)
     assert len(base.layers) == 0
 
 
 def test_build_model_starts_decoder_and_pe_from_sam():
     sam_sd = build_sam("tiny", seed=3).state_dict()
     cfg = load_config(None, {"model": {"depth": 1}})
-    m = build_model(cfg, sam_decoder_state(sam_sd))
+    m = build_model(cfg, sam_decoder_state(sam_sd), **TINY)
     for k, v in m.mask_decoder.state_dict().items():
         assert torch.equal(v, sam_sd[f"mask_decoder.{k}"]), k
     assert torch.equal(m.pe_layer.positional_encoding_gaussian_matrix, sam_sd[PE_KEY])
@@ -156,7 +158,7 @@ def test_build_model_starts_decoder_and_pe_from_sam():
     sam = build_sam("tiny", seed=3)
     torch.testing.assert_close(m.dense_pe(torch.float32), sam.prompt_encoder.get_dense_pe())
     # a full SAM state dict works too (image / prompt encoder parts are ignored)
-    build_model(cfg, sam_sd)
+    build_model(cfg, sam_sd, **TINY)
 
 
 def test_build_model_rejects_incomplete_sam_state():
@@ -164,10 +166,10 @@ def test_build_model_rejects_incomplete_sam_state():
     cfg = load_config(None, {"model": {"depth": 1}})
     broken = {k: v for k, v in sam_sd.items() if k != "mask_decoder.iou_token.weight"}
     with pytest.raises(CheckpointError, match="iou_token"):
-        build_model(cfg, broken)
+        build_model(cfg, broken, **TINY)
     no_pe = {k: v for k, v in sam_sd.items() if k != PE_KEY}
     with pytest.raises(CheckpointError, match="positional_encoding_gaussian_matrix"):
-        build_model(cfg, no_pe)
+        build_model(cfg, no_pe, **TINY)
 
 
 def test_centering_the_audio_projection_makes_a0_encode_the_difference_from_the_mean_sound():

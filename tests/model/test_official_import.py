@@ -7,9 +7,9 @@ import torch
 from published_reference import PublishedDecoder, published_file_state
 
 from stbava.config import load_config
-from stbava.encoders.checkpoints import CheckpointError
 from stbava.model.build import build_model
 from stbava.model.official import convert_official_adapters, convert_official_state
+from stbava.state_dict import CheckpointError
 
 DEPTH, G, IMG, T = 2, 16, 256, 5  # tiny grid / input; T = 5 frames as published
 TINY_DIM, TINY_DEPTH = 64, 2  # tiny encoder width / blocks
@@ -34,8 +34,8 @@ def _clip(seed: int):
 
 def test_imported_model_reproduces_published_logits(published):
     sd, ref = published
-    model = build_model(_cfg())
-    model.load_state_dict(convert_official_state(sd, _cfg()), strict=True)
+    model = build_model(_cfg(), grid=G, img_size=IMG)
+    model.load_state_dict(convert_official_state(sd, _cfg(), grid=G, img_size=IMG), strict=True)
     model.eval()
     img, aud = _clip(1)
     with torch.no_grad():
@@ -50,8 +50,8 @@ def test_imported_model_reproduces_published_logits(published):
 def test_batched_clips_equal_published_run_clip_by_clip(published):
     # The published code flattens B*T and would attend across clips; ours keeps each clip separate.
     sd, ref = published
-    model = build_model(_cfg())
-    model.load_state_dict(convert_official_state(sd, _cfg()))
+    model = build_model(_cfg(), grid=G, img_size=IMG)
+    model.load_state_dict(convert_official_state(sd, _cfg(), grid=G, img_size=IMG))
     model.eval()
     clips = [_clip(s) for s in (2, 3)]
     with torch.no_grad():
@@ -63,8 +63,8 @@ def test_batched_clips_equal_published_run_clip_by_clip(published):
 
 def test_paper_mode_imports_the_same_weights_but_computes_differently(published):
     sd, ref = published
-    model = build_model(_cfg(spatial_mode="paper"))
-    model.load_state_dict(convert_official_state(sd, _cfg(spatial_mode="paper")))
+    model = build_model(_cfg(spatial_mode="paper"), grid=G, img_size=IMG)
+    model.load_state_dict(convert_official_state(sd, _cfg(spatial_mode="paper"), grid=G, img_size=IMG))
     model.eval()
     img, aud = _clip(1)
     with torch.no_grad():
@@ -75,8 +75,8 @@ def test_paper_mode_imports_the_same_weights_but_computes_differently(published)
 
 def test_converted_keys_are_exactly_the_model_keys(published):
     sd, _ = published
-    out = convert_official_state(sd, _cfg())
-    assert set(out) == set(build_model(_cfg()).state_dict())
+    out = convert_official_state(sd, _cfg(), grid=G, img_size=IMG)
+    assert set(out) == set(build_model(_cfg(), grid=G, img_size=IMG).state_dict())
     assert not any(k.startswith(("image_encoder.", "prompt_encoder.")) for k in out)
     key = "layers.1.avt_attention.in_proj_weight"
     assert torch.equal(out[key], sd[key])
@@ -90,7 +90,7 @@ def test_missing_unexpected_and_misshaped_keys_are_listed(published):
     broken["layers.0.extra_gate.weight"] = torch.zeros(3)
     broken["audio_embed_layer.weight"] = torch.zeros(256, 64)
     with pytest.raises(CheckpointError) as err:
-        convert_official_state(broken, _cfg(), source="ckpt.pth")
+        convert_official_state(broken, _cfg(), source="ckpt.pth", grid=G, img_size=IMG)
     msg = str(err.value)
     assert "ckpt.pth" in msg
     assert "2 missing keys" in msg
@@ -102,13 +102,13 @@ def test_missing_unexpected_and_misshaped_keys_are_listed(published):
 def test_depth_mismatch_names_the_right_depth(published):
     sd, _ = published
     with pytest.raises(CheckpointError, match="set model.depth=2"):
-        convert_official_state(sd, _cfg(depth=3))
+        convert_official_state(sd, _cfg(depth=3), grid=G, img_size=IMG)
 
 
 def test_ablated_config_is_refused(published):
     sd, _ = published
     with pytest.raises(CheckpointError, match="full ST-BAVA"):
-        convert_official_state(sd, _cfg(temporal=False))
+        convert_official_state(sd, _cfg(temporal=False), grid=G, img_size=IMG)
 
 
 def test_adapters_are_converted_to_prompt_generator_keys(published):
@@ -116,7 +116,7 @@ def test_adapters_are_converted_to_prompt_generator_keys(published):
     from stbava.encoders.image import build_image_encoder
     from stbava.model.adapters import AdaptedImageEncoder
 
-    ad = convert_official_adapters(sd, _cfg())
+    ad = convert_official_adapters(sd, _cfg(), width=TINY_DIM, blocks=TINY_DEPTH)
     assert set(ad) == {f"prompt_generator.lightweight_mlp_{i}.0.{p}" for i in range(TINY_DEPTH)
                        for p in ("weight", "bias")} | {"prompt_generator.shared_mlp.weight",
                                                        "prompt_generator.shared_mlp.bias"}
@@ -126,7 +126,7 @@ def test_adapters_are_converted_to_prompt_generator_keys(published):
     assert torch.equal(enc.prompt_generator.shared_mlp.weight, shared)
     # no adapters in the file -> nothing to convert
     plain = {k: v for k, v in sd.items() if "prompt_generator" not in k}
-    assert convert_official_adapters(plain, _cfg()) == {}
+    assert convert_official_adapters(plain, _cfg(), width=TINY_DIM, blocks=TINY_DEPTH) == {}
     # adapters of another encoder (vit_h width/depth expected) -> listed mismatch
     with pytest.raises(CheckpointError, match="--encoder vit_h"):
-        convert_official_adapters(sd, load_config(None, {"encoder": {"name": "vit_h"}}))
+        convert_official_adapters(sd, load_config(None, {"encoder": {"name": "vit_h"}}), width=1280, blocks=32)

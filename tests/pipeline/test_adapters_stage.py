@@ -10,12 +10,12 @@ import torch
 from stbava.checkpoint import CheckpointFormatError, read_checkpoint, save_checkpoint
 from stbava.config import load_config
 from stbava.encoders.audio import build_vggish, embed_audio
+from stbava.encoders.fast_attention import enable_sdpa
 from stbava.encoders.fingerprint import encoder_fingerprint
 from stbava.encoders.image import build_image_encoder
-from stbava.pipeline.adapters_stage import (adapter_prefixes, build_adapter_net, check_encoder_matches,
-                                            stage_three_config)
-from stbava.pipeline.fusion import build_fusion_net
+from stbava.pipeline.net import build_adapter_net, build_fusion_net
 from stbava.pipeline.restore import restore_net
+from stbava.pipeline.stage3 import adapter_prefixes, check_encoder_matches, stage_three_config
 from stbava.pipeline.train import saved_weights, set_trainable, trainable_predicate
 
 T = 2
@@ -46,12 +46,13 @@ def test_zero_init_adapters_reproduce_the_stage_two_model(stage_two):
     net3 = build_adapter_net(cfg3, payload).eval()
     frames, mels = _inputs()
     enc = build_image_encoder("tiny", seed=cfg.encoder.seed)
+    enable_sdpa(enc)  # the encoder that made the cache (extraction's default) is what stage three must reproduce
     vgg = build_vggish(seed=cfg.encoder.seed)
     with torch.no_grad():
         emb = enc(frames[0])[None]
         aud = embed_audio(vgg, mels[0])[None]
-        want = net2.eval()(emb, aud)
-        got = net3(frames, mels)
+        want = net2.eval()(image_embeddings=emb, audio_embeddings=aud)
+        got = net3(frames=frames, log_mels=mels)
     assert torch.equal(got, want)
 
 
@@ -69,7 +70,7 @@ def test_stage_three_trains_adapters_and_decoder_only(stage_two):
     opt = torch.optim.Adam([p for p in net.parameters() if p.requires_grad], lr=1e-2)
     frames, mels = _inputs(1)
     for _ in range(2):  # zero-init output layer: the per-block MLPs receive gradient from the second step on
-        loss = net(frames, mels).sigmoid().mean()
+        loss = net(frames=frames, log_mels=mels).sigmoid().mean()
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -87,16 +88,16 @@ def test_adapter_checkpoint_round_trip(stage_two, tmp_path):
     names = set_trainable(net, trainable_predicate(adapter_prefixes(cfg3)))
     with torch.no_grad():
         net.embedder.image_encoder.prompt_generator.shared_mlp.weight.normal_()
-    from stbava.checkpoint import file_digest
+    from stbava.digest import file_sha256
 
     path = tmp_path / "adapters.pt"
     save_checkpoint(path, kind="adapters", cfg=cfg3, weights=saved_weights(net, names), fingerprint=None,
-                    extra={"init_checkpoint": payload["path"], "init_digest": file_digest(payload["path"])})
+                    extra={"init_checkpoint": payload["path"], "init_digest": file_sha256(payload["path"])})
     restored, _ = restore_net(read_checkpoint(path))
     frames, mels = _inputs(2)
     with torch.no_grad():
         # equal up to kernel choice (nn.MultiheadAttention picks another path when no parameter needs grad)
-        torch.testing.assert_close(restored(frames, mels), net.eval()(frames, mels), atol=1e-5, rtol=0)
+        torch.testing.assert_close(restored(frames=frames, log_mels=mels), net.eval()(frames=frames, log_mels=mels), atol=1e-5, rtol=0)
     # the adapter checkpoint holds no frozen encoder weights
     assert not any("frozen" in k or "vggish" in k for k in read_checkpoint(path)["weights"])
 

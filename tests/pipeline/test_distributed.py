@@ -27,13 +27,14 @@ from stbava.config import EncoderConfig, load_config
 from stbava.data.clips import load_clips
 from stbava.data.synthetic import write_synthetic
 from stbava.pipeline import extract
-from stbava.pipeline.adapters_stage import finetune_adapters
+from stbava.pipeline.batches import ZeroWeightPadding, epoch_batches
 from stbava.pipeline.distributed import DistInfo
+from stbava.pipeline.evaluate import run_eval
 from stbava.pipeline.extract import run_extraction
-from stbava.pipeline.fusion import (FUSION_PREFIXES, build_fusion_net, config_for_cache, initial_fusion_net,
-                                    train_fusion)
-from stbava.pipeline.run_eval import run_eval
-from stbava.pipeline.train import ZeroWeightPadding, epoch_batches, saved_weights
+from stbava.pipeline.net import build_fusion_net
+from stbava.pipeline.stage2 import FUSION_PREFIXES, config_for_cache, initial_fusion_net, train_fusion
+from stbava.pipeline.stage3 import finetune_adapters
+from stbava.pipeline.train import saved_weights
 
 ROOT = Path(__file__).resolve().parents[2]
 SUFFIX = {"zarr": ".zarr", "hdf5": ".h5"}

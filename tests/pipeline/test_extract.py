@@ -68,7 +68,7 @@ def test_rerun_skips_done_clips_without_building_encoders(data_root, full_cache,
     def no_build(*a, **k):
         raise AssertionError("encoders must not be built when every clip is done")
 
-    monkeypatch.setattr(extract, "build_image_encoder", no_build)
+    monkeypatch.setattr(extract, "build_frozen_encoders", no_build)
     s = run_extraction(data_root, "ms3", path, "zarr", EncoderConfig(), device="cpu", store_log_mel=True,
                        progress=False)
     assert (s.written, s.skipped) == (0, 6)

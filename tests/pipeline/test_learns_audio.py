@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from stbava.config import EncoderConfig, load_config
 from stbava.data.synthetic import write_synthetic
+from stbava.pipeline.evaluate import run_eval
 from stbava.pipeline.extract import run_extraction
-from stbava.pipeline.fusion import train_fusion
-from stbava.pipeline.run_eval import run_eval
+from stbava.pipeline.stage2 import train_fusion
 
 
 def test_stage_two_learns_to_use_the_audio(tmp_path):

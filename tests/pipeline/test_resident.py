@@ -13,8 +13,9 @@ from stbava.config import ConfigError, EncoderConfig, load_config
 from stbava.data.clips import load_clips
 from stbava.data.synthetic import write_synthetic
 from stbava.pipeline.extract import run_extraction
-from stbava.pipeline.fusion import train_fusion
-from stbava.pipeline.sources import CachedClips, ResidentClips, collate
+from stbava.pipeline.resident import ResidentClips
+from stbava.pipeline.sources import CachedClips, collate
+from stbava.pipeline.stage2 import train_fusion
 
 T = 2
 
@@ -40,7 +41,7 @@ def test_resident_batches_equal_the_loader_batches(data):
         if idx[0] < 0:  # DDP padding: the clip with no annotated frame
             want.mask_valid[:] = False
         assert got.clip_ids == want.clip_ids
-        for name in ("image", "audio", "masks", "mask_valid"):
+        for name in ("image_embeddings", "audio_embeddings", "masks", "mask_valid"):
             a, b = getattr(got, name), getattr(want, name)
             assert a.dtype == b.dtype and a.shape == b.shape, name
             assert torch.equal(a, b), name
@@ -56,7 +57,7 @@ def test_soft_masks_are_kept_as_floats():
             return 2
 
         def __getitem__(self, i):
-            return {"clip_id": f"c{i}", "image": torch.zeros(T, 4), "audio": torch.zeros(T, 2),
+            return {"clip_id": f"c{i}", "image_embeddings": torch.zeros(T, 4), "audio_embeddings": torch.zeros(T, 2),
                     "masks": torch.full((T, 3, 3), 0.5 * i), "mask_valid": torch.ones(T, dtype=torch.bool)}
 
     res = ResidentClips(Soft(), "cpu")

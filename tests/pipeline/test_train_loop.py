@@ -10,9 +10,12 @@ from torch.utils.data import Dataset
 
 from stbava.checkpoint import CheckpointFormatError, read_checkpoint
 from stbava.config import load_config
-from stbava.pipeline.fusion import FUSION_PREFIXES, build_fusion_net
-from stbava.pipeline.train import epoch_batches, fit, masked_bce, trainable_predicate
+from stbava.losses import masked_bce
+from stbava.pipeline.batches import epoch_batches
 from stbava.pipeline.distributed import DistInfo
+from stbava.pipeline.net import build_fusion_net
+from stbava.pipeline.stage2 import FUSION_PREFIXES
+from stbava.pipeline.train import fit, trainable_predicate
 
 T, G = 3, 16  # frames per clip, embedding grid of the tiny encoder
 
@@ -37,7 +40,7 @@ class RandomClips(Dataset):
         return self.n
 
     def __getitem__(self, i: int) -> dict:
-        return {"clip_id": f"c{i:03d}", "image": self.image[i], "audio": self.audio[i],
+        return {"clip_id": f"c{i:03d}", "image_embeddings": self.image[i], "audio_embeddings": self.audio[i],
                 "masks": self.masks[i], "mask_valid": self.valid[i]}
 
 
@@ -113,7 +116,7 @@ def test_resume_is_exact(tmp_path):
 
     for k, v in straight.state_dict().items():
         assert torch.equal(v, resumed.state_dict()[k]), k
-    loss = lambda d: [r["loss"] for r in map(json.loads, (d / "metrics.jsonl").read_text().splitlines())  # noqa: E731
+    loss = lambda d: [r["loss"] for r in map(json.loads, (d / "metrics.jsonl").read_text().splitlines())
                       if r["kind"] == "step"]
     assert loss(tmp_path / "a") == loss(tmp_path / "b")
     assert len(loss(tmp_path / "a")) == 6

@@ -18,12 +18,13 @@ from relhelpers import FRAMES, REPO, SUBSET, leftovers
 import stbava
 import stbava.atomic
 from stbava import checkpoint as ckpt
+from stbava.atomic import atomic_write_text
 from stbava.cache import manifest as cache_manifest
 from stbava.cache import open_cache
-from stbava.checkpoint import atomic_write_text, read_checkpoint, save_checkpoint
+from stbava.checkpoint import read_checkpoint, save_checkpoint
 from stbava.config import load_config
-from stbava.pipeline.fusion import train_fusion
-from stbava.pipeline.run_eval import run_eval
+from stbava.pipeline.evaluate import run_eval
+from stbava.pipeline.stage2 import train_fusion
 
 
 def _half_then_crash(real):

@@ -1,4 +1,4 @@
-"""Stage two: train audio projection + ST-BAVA blocks + SAM's mask decoder on the stage-one cache.
+"""Stage two (``stbava train-fusion``): train audio projection + ST-BAVA + SAM's mask decoder on the cache.
 
 Reads only the cache and the GT masks; never builds an encoder. The encoder settings (and so the embedding
 grid) come from the cache's fingerprint, so a model can never be trained on embeddings of another shape.
@@ -18,10 +18,12 @@ from torch.utils.data import Dataset
 from stbava.cache.manifest import AUDIO_DIM
 from stbava.cache.reader import CacheReader
 from stbava.config import Config
-from stbava.data.clips import Clip, DataError, load_clips
-from stbava.pipeline.distributed import resolve_device
-from stbava.pipeline.net import CachedEmbedder, Net
-from stbava.pipeline.sources import CachedClips, ResidentClips
+from stbava.data.clips import Clip, DataError, load_train_val
+from stbava.device import resolve_device
+from stbava.pipeline.distributed import dist_info
+from stbava.pipeline.net import Net, build_fusion_net
+from stbava.pipeline.resident import ResidentClips
+from stbava.pipeline.sources import CachedSource
 from stbava.pipeline.train import fit, trainable_predicate
 
 log = logging.getLogger(__name__)
@@ -52,18 +54,6 @@ def sam_decoder_init(path: str | None) -> dict[str, torch.Tensor] | None:
     return sam_decoder_state(load_state_file(path, "sam"))
 
 
-def build_fusion_net(cfg: Config, sam_state: dict[str, torch.Tensor] | None = None,
-                     mean_audio: torch.Tensor | None = None) -> Net:
-    """The stage-two net at its initial weights (a resumed run overwrites them from last.pt)."""
-    from stbava.model.build import build_model
-
-    torch.manual_seed(cfg.train.seed)  # model init is part of the recorded, reproducible run
-    model = build_model(cfg, sam_state)
-    if cfg.model.center_audio and mean_audio is not None:
-        model.center_audio_projection(mean_audio)
-    return Net(model, CachedEmbedder())
-
-
 def initial_fusion_net(cfg: Config, reader: CacheReader, train_clips: list[Clip]) -> Net:
     """The net stage two starts from: SAM decoder weights if configured, audio projection centred on the train audio."""
     mean_audio = mean_train_audio(reader, train_clips) if cfg.model.center_audio else None
@@ -89,14 +79,12 @@ def train_fusion(cfg: Config, cache: str | Path, data_root: str | Path, run_dir:
     reader = open_cache(cache)
     fp = reader.fingerprint
     cfg = config_for_cache(cfg, fp)
-    train_clips = load_clips(data_root, cfg.subset, ["train"], frames=cfg.frames)
-    val_clips = load_clips(data_root, cfg.subset, ["val"], frames=cfg.frames)
-    if not train_clips:
-        raise DataError(f"no train clips for subset {cfg.subset} under {data_root}")
-    train_ds: Dataset = CachedClips(cache, train_clips, cfg.frames)
-    val_ds = CachedClips(cache, val_clips, cfg.frames) if val_clips else None
+    train_clips, val_clips = load_train_val(data_root, cfg.subset, cfg.frames)
+    source = CachedSource(cache, cfg.frames)
+    train_ds: Dataset = source.dataset(train_clips)
+    val_ds = source.dataset(val_clips) if val_clips else None
     net = initial_fusion_net(cfg, reader, train_clips)
-    dev = resolve_device(device)
+    dev = resolve_device(device, dist_info().local_rank)
     if cfg.train.gpu_resident:  # whole train split on the device once; validation still streams from the cache
         resident = ResidentClips(train_ds, dev, num_workers=cfg.train.num_workers)
         log.info("train.gpu_resident: %d clips (%.2f GiB) loaded onto %s", len(resident),

@@ -1,0 +1,66 @@
+"""``stbava extract-features``: stage one."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from stbava.cli.group import cli_errors, main
+
+
+@main.command("extract-features")
+@click.option("--data-root", required=True, type=click.Path(path_type=Path),
+              help="AVSBench subset folder (holding the metadata CSV) or the avsbench_data folder above it.")
+@click.option("--subset", required=True, type=click.Choice(["s4", "ms3"]))
+@click.option("--cache", "cache_path", required=True, type=click.Path(path_type=Path),
+              help="Store to create or resume: a .zarr directory or an .h5 file.")
+@click.option("--backend", default="zarr", show_default=True, type=click.Choice(["zarr", "hdf5"]))
+@click.option("--encoder", default="tiny", show_default=True, type=click.Choice(["vit_h", "vit_l", "vit_b", "tiny"]),
+              help="SAM image encoder.")
+@click.option("--sam-checkpoint", type=click.Path(path_type=Path), default=None,
+              help="Official SAM checkpoint (e.g. sam_vit_h_4b8939.pth); random init when absent.")
+@click.option("--vggish-checkpoint", type=click.Path(path_type=Path), default=None,
+              help="torchvggish vggish-10086976.pth; random init when absent.")
+@click.option("--vggish-pca", type=click.Path(path_type=Path), default=None, help="Optional VGGish PCA params.")
+@click.option("--split", "splits", multiple=True, type=click.Choice(["train", "val", "test"]),
+              help="Split to extract (repeatable); all splits when absent.")
+@click.option("--batch-size", default=4, show_default=True,
+              help="Clips per encoder forward (x frames images; vit_h fp32 peaks near 1 GiB per image).")
+@click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda")
+@click.option("--amp", default="off", show_default=True, type=click.Choice(["off", "bf16"]),
+              help="bf16 autocast for the image encoder (CUDA only).")
+@click.option("--store-log-mel", is_flag=True, help="Also cache the [T,1,96,64] VGGish input examples.")
+@click.option("--seed", default=0, show_default=True, help="Seed of the random encoder init (no checkpoint).")
+@click.option("--frames", default=5, show_default=True, help="Frames per clip.")
+@click.option("--num-workers", default=2, show_default=True, help="DataLoader workers decoding frames and wavs.")
+@click.option("--codec", default=None, help="Codec of a new store (zarr: blosc-lz4|none|blosc-zstd|zstd; "
+                                           "hdf5: none|lzf|gzip); backend default when absent.")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+@click.option("--verify", is_flag=True, help="Read back every done clip first; re-extract those that no longer decode.")
+@click.option("--sdpa/--no-sdpa", default=None,
+              help="Fused SDPA attention in the image encoder (exact rel-pos bias); default: on.")
+def extract_features_cmd(data_root: Path, subset: str, cache_path: Path, backend: str, encoder: str,
+                         sam_checkpoint: Path | None, vggish_checkpoint: Path | None, vggish_pca: Path | None,
+                         splits: tuple[str, ...], batch_size: int, device: str, amp: str, store_log_mel: bool,
+                         seed: int, frames: int, num_workers: int, codec: str | None, no_progress: bool,
+                         verify: bool, sdpa: bool | None) -> None:
+    """Encode every clip once with the frozen SAM image encoder and VGGish into a feature cache (resumable)."""
+    from stbava.config import EncoderConfig
+    from stbava.pipeline.extract import run_extraction
+
+    def opt(p: Path | None) -> str | None:
+        return None if p is None else str(p)
+
+    enc = EncoderConfig(name=encoder, sam_checkpoint=opt(sam_checkpoint), vggish_checkpoint=opt(vggish_checkpoint),
+                        vggish_pca=opt(vggish_pca), seed=seed)
+    with cli_errors():
+        s = run_extraction(data_root, subset, cache_path, backend, enc, splits=splits or None, batch_size=batch_size,
+                           device=device, amp=amp, frames=frames, store_log_mel=store_log_mel,
+                           progress=not no_progress, num_workers=num_workers, codec=codec, verify=verify,
+                           sdpa=sdpa)
+    from stbava.pipeline.distributed import dist_info
+
+    if dist_info().is_main:  # under torchrun every rank returns the job's totals; one line is enough
+        click.echo(f"cache {s.cache} ({s.backend}, encoders {s.fingerprint}): {s.total} clips, wrote {s.written}, "
+                   f"{s.skipped} already done; {s.seconds:.1f} s ({s.clips_per_s:.2f} clips/s) on {s.device}")

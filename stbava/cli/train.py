@@ -1,0 +1,146 @@
+"""``stbava train-fusion``, ``import-official`` and ``finetune-adapters``: stages two and three."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from stbava.cli.group import cli_errors, main
+
+
+def _train_overrides(epochs, batch_size, lr, depth, seed, max_steps, num_workers, spatial_mode, temporal,
+                     bidirectional, fusion, sets) -> dict:
+    """CLI flags -> nested config overrides (only the flags actually given)."""
+    from stbava.config import deep_update, parse_override
+
+    o: dict = {"train": {}, "model": {}}
+    for key, val in (("epochs", epochs), ("batch_size", batch_size), ("lr", lr), ("seed", seed),
+                     ("max_steps", max_steps), ("num_workers", num_workers)):
+        if val is not None:
+            o["train"][key] = val
+    for key, val in (("depth", depth), ("spatial_mode", spatial_mode), ("temporal", temporal),
+                     ("bidirectional", bidirectional), ("fusion", fusion)):
+        if val is not None:
+            o["model"][key] = val
+    for s in sets:
+        deep_update(o, parse_override(s))
+    return o
+
+
+def _echo_train_summary(summary: dict) -> None:
+    from stbava.pipeline.distributed import dist_info
+
+    if dist_info().is_main:  # under torchrun only rank 0 reports
+        click.echo(f"done: {summary['steps']} steps, best val mIoU {summary['best_miou']:.4f}; "
+                   f"best: {summary['best']}")
+
+
+def train_options(f):
+    """Options shared by train-fusion and finetune-adapters."""
+    opts = [
+        click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
+                     help="YAML overrides (configs/s4.yaml, configs/ms3.yaml, ...)."),
+        click.option("--run-dir", required=True, type=click.Path(file_okay=False), help="Checkpoints + metrics go here."),
+        click.option("--epochs", type=int, default=None), click.option("--batch-size", type=int, default=None),
+        click.option("--lr", type=float, default=None), click.option("--depth", type=int, default=None),
+        click.option("--seed", type=int, default=None),
+        click.option("--max-steps", type=int, default=None, help="Stop after N optimiser steps."),
+        click.option("--num-workers", type=int, default=None, help="DataLoader workers."),
+        click.option("--spatial-mode", type=click.Choice(["reference", "paper"]), default=None),
+        click.option("--temporal/--no-temporal", default=None, help="Ablation: temporal attention."),
+        click.option("--bidirectional/--no-bidirectional", default=None, help="Ablation: audio<-visual updates."),
+        click.option("--fusion/--no-fusion", default=None, help="Ablation: --no-fusion = decoder-only baseline."),
+        click.option("--set", "sets", multiple=True, help="Any config field, e.g. --set train.amp=off."),
+        click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N"),
+        click.option("--resume/--no-resume", default=True, show_default=True, help="Continue from RUN_DIR/last.pt."),
+    ]
+    for o in reversed(opts):
+        f = o(f)
+    return f
+
+
+@main.command("train-fusion")
+@click.option("--cache", required=True, type=click.Path(), help="Stage-one feature cache.")
+@click.option("--data-root", required=True, type=click.Path(exists=True, file_okay=False), help="AVSBench root (masks).")
+@click.option("--subset", type=click.Choice(["s4", "ms3"]), default=None, help="Defaults to the config's subset.")
+@click.option("--sam-checkpoint", type=click.Path(), default=None, help="Initialise decoder + PE from SAM weights.")
+@train_options
+def train_fusion_cmd(cache, data_root, subset, sam_checkpoint, config_path, run_dir, epochs, batch_size, lr, depth,
+                     seed, max_steps, num_workers, spatial_mode, temporal, bidirectional, fusion, sets, device,
+                     resume):
+    """Stage two: train ST-BAVA + SAM's mask decoder on cached embeddings (never runs an encoder)."""
+    from stbava.config import load_config
+    from stbava.pipeline.stage2 import train_fusion
+
+    with cli_errors():
+        o = _train_overrides(epochs, batch_size, lr, depth, seed, max_steps, num_workers, spatial_mode, temporal,
+                             bidirectional, fusion, sets)
+        if subset:
+            o["subset"] = subset
+        if sam_checkpoint:
+            o.setdefault("encoder", {})["sam_checkpoint"] = sam_checkpoint
+        cfg = load_config(config_path, o)
+        summary = train_fusion(cfg, cache, data_root, run_dir, device=device, resume=resume)
+    _echo_train_summary(summary)
+
+
+@main.command("import-official")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="stbava checkpoint to write.")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None)
+@click.option("--subset", type=click.Choice(["s4", "ms3"]), default=None)
+@click.option("--encoder", type=click.Choice(["vit_h", "vit_l", "vit_b", "tiny"]), default="vit_h", show_default=True)
+@click.option("--sam-checkpoint", type=click.Path(), default=None, help="Recorded for stage-three use.")
+def import_official_cmd(file, out, config_path, subset, encoder, sam_checkpoint):
+    """Convert a published ST-BAVA Decoder.state_dict() (and its adapters) into a stbava checkpoint."""
+    from stbava.config import load_config
+    from stbava.pipeline.official_import import import_official
+
+    with cli_errors():
+        o: dict = {"encoder": {"name": encoder}}
+        if subset:
+            o["subset"] = subset
+        if sam_checkpoint:
+            o["encoder"]["sam_checkpoint"] = sam_checkpoint
+        written = import_official(file, out, load_config(config_path, o))
+    for p in written:
+        click.echo(f"wrote {p}")
+
+@main.command("finetune-adapters")
+@click.option("--data-root", required=True, type=click.Path(exists=True, file_okay=False), help="Raw frames + wav.")
+@click.option("--subset", type=click.Choice(["s4", "ms3"]), default=None, help="Checked against --init.")
+@click.option("--init", "init", required=True, type=click.Path(exists=True), help="Stage-two run dir or checkpoint.")
+@click.option("--sam-checkpoint", type=click.Path(), default=None, help="The SAM weights used at extraction.")
+@click.option("--vggish-checkpoint", type=click.Path(), default=None, help="The VGGish weights used at extraction.")
+@click.option("--no-grad-checkpointing", is_flag=True, help="Keep encoder activations (more memory, faster).")
+@click.option("--train-fusion/--freeze-fusion", default=None, help="Also train ST-BAVA (published: frozen).")
+@train_options
+def finetune_adapters_cmd(data_root, subset, init, sam_checkpoint, vggish_checkpoint, no_grad_checkpointing,
+                          train_fusion, config_path, run_dir, epochs, batch_size, lr, depth, seed, max_steps,
+                          num_workers, spatial_mode, temporal, bidirectional, fusion, sets, device, resume):
+    """Stage three: fine-tune audio adapters in the image encoder (+ mask decoder) from raw frames."""
+    import yaml
+
+    from stbava.pipeline.stage3 import finetune_adapters
+
+    with cli_errors():
+        o = _train_overrides(epochs, batch_size, lr, depth, seed, max_steps, num_workers, spatial_mode, temporal,
+                             bidirectional, fusion, sets)
+        if config_path:
+            from stbava.config import deep_update
+
+            o = deep_update(yaml.safe_load(Path(config_path).read_text()) or {}, o)
+        enc = o.setdefault("encoder", {})
+        if sam_checkpoint:
+            enc["sam_checkpoint"] = sam_checkpoint
+        if vggish_checkpoint:
+            enc["vggish_checkpoint"] = vggish_checkpoint
+        if no_grad_checkpointing:
+            o["train"]["grad_checkpointing"] = False
+        if train_fusion is not None:
+            o["train"]["train_fusion"] = train_fusion
+        if subset:
+            o["subset"] = subset
+        summary = finetune_adapters(init, data_root, run_dir, o, device=device, resume=resume)
+    _echo_train_summary(summary)
