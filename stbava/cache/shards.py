@@ -29,7 +29,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from stbava.cache.base import WriterLock, check_fingerprint, get_backend, remove_partials
+from stbava.cache.base import check_fingerprint, get_backend, remove_partials
+from stbava.cache.lock import WriterLock
 from stbava.cache.manifest import CacheError, CacheManifest
 from stbava.cache.writer import CacheWriter, check_layout, open_writer
 

@@ -11,7 +11,6 @@ import numpy as np
 
 from stbava.cache.base import (
     Storage,
-    WriterLock,
     check_fingerprint,
     create_store,
     detect_backend,
@@ -21,6 +20,7 @@ from stbava.cache.base import (
     remove_partials,
     validate_arrays,
 )
+from stbava.cache.lock import WriterLock
 from stbava.cache.manifest import CacheError, CacheManifest, array_specs
 
 log = logging.getLogger(__name__)
