@@ -3,7 +3,8 @@
 As in lhotse's feature storage, a backend is a small class registered under a name ("zarr", "hdf5") and
 the name is recorded in the manifest. Everything that must behave the same for every backend (fingerprint
 checks, shape validation, the write-arrays-then-done-flag order) lives here, once; the backends only move
-arrays in and out of their store (see :class:`Storage`). The writer lock is in :mod:`stbava.cache.lock`.
+arrays in and out of their store (see :class:`Storage`) and import nothing from here, so the registry can
+load them by name without an import cycle. The writer lock is in :mod:`stbava.cache.lock`.
 """
 
 from __future__ import annotations
@@ -31,7 +32,9 @@ from stbava.cache.manifest import (
 __all__ = ["REBUILD_HINT", "CacheError", "Storage", "detect_backend", "get_backend", "register_backend"]
 
 REBUILD_HINT = "`stbava extract-features --cache {path} ...` (or `make extract-features CACHE={path}`)"
-_BUILTIN = ("stbava.cache.zarr_backend", "stbava.cache.hdf5_backend")
+# name -> (module, class): imported on first use (zarr and h5py are slow imports), in this order for detection
+_BUILTIN = {"zarr": ("stbava.cache.zarr_backend", "ZarrStorage"),
+            "hdf5": ("stbava.cache.hdf5_backend", "HDF5Storage")}
 _BACKENDS: dict[str, type[Storage]] = {}
 
 
@@ -84,8 +87,9 @@ def register_backend(cls: type[Storage]) -> type[Storage]:
 
 
 def _load_builtin() -> None:
-    for mod in _BUILTIN:
-        importlib.import_module(mod)
+    for name, (module, cls_name) in _BUILTIN.items():
+        if name not in _BACKENDS:
+            register_backend(getattr(importlib.import_module(module), cls_name))
 
 
 def get_backend(name: str) -> type[Storage]:
