@@ -2,17 +2,16 @@
 
 As in lhotse's feature storage, a backend is a small class registered under a name ("zarr", "hdf5") and
 the name is recorded in the manifest. Everything that must behave the same for every backend (fingerprint
-checks, shape validation, the write-arrays-then-done-flag order, the writer lock) lives here, once; the
-backends only move arrays in and out of their store (see :class:`Storage`).
+checks, shape validation, the write-arrays-then-done-flag order) lives here, once; the backends only move
+arrays in and out of their store (see :class:`Storage`) and import nothing from here, so the registry can
+load them by name without an import cycle. The writer lock is in :mod:`stbava.cache.lock`.
 """
 
 from __future__ import annotations
 
 import importlib
-import logging
 import os
 import shutil
-import socket
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
@@ -30,13 +29,12 @@ from stbava.cache.manifest import (
     normalise,
 )
 
-__all__ = ["REBUILD_HINT", "CacheError", "Storage", "WriterLock", "detect_backend", "get_backend",
-           "register_backend"]
-
-log = logging.getLogger(__name__)
+__all__ = ["REBUILD_HINT", "CacheError", "Storage", "detect_backend", "get_backend", "register_backend"]
 
 REBUILD_HINT = "`stbava extract-features --cache {path} ...` (or `make extract-features CACHE={path}`)"
-_BUILTIN = ("stbava.cache.zarr_backend", "stbava.cache.hdf5_backend")
+# name -> (module, class): imported on first use (zarr and h5py are slow imports), in this order for detection
+_BUILTIN = {"zarr": ("stbava.cache.zarr_backend", "ZarrStorage"),
+            "hdf5": ("stbava.cache.hdf5_backend", "HDF5Storage")}
 _BACKENDS: dict[str, type[Storage]] = {}
 
 
@@ -89,8 +87,9 @@ def register_backend(cls: type[Storage]) -> type[Storage]:
 
 
 def _load_builtin() -> None:
-    for mod in _BUILTIN:
-        importlib.import_module(mod)
+    for name, (module, cls_name) in _BUILTIN.items():
+        if name not in _BACKENDS:
+            register_backend(getattr(importlib.import_module(module), cls_name))
 
 
 def get_backend(name: str) -> type[Storage]:
@@ -156,89 +155,6 @@ def validate_arrays(manifest: CacheManifest, clip_id: str, path: Path, image: np
                              f"{spec.dtype}); refusing to cache them")
         out[name] = arr
     return out
-
-
-class WriterLock:
-    """``<cache>.lock`` created with O_EXCL holding ``pid host [job]``: one writer (or one torchrun job) per cache.
-
-    A lock left by a dead process on this host is taken over with a warning; anything else is a CacheError.
-    Under torchrun rank 0 takes the lock with a random ``job`` token and tells the other ranks that token;
-    they ``join`` (check that the file still names their job) and write their own disjoint clips. A process
-    outside the job cannot know the token, so it is still refused. Only the owner ever deletes the file.
-    """
-
-    def __init__(self, cache_path: Path, job: str | None = None) -> None:
-        self.cache = cache_path
-        self.path = cache_path.with_name(cache_path.name + ".lock")
-        self.job = job
-        self.token = f"{os.getpid()} {socket.gethostname()}" + (f" {job}" if job else "")
-        self.held = False
-
-    def acquire(self) -> None:
-        for _ in range(2):
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                if not self._stale():
-                    owner = self._owner() or "unknown process"
-                    raise CacheError(f"cache {self.cache} is being written by {owner} (lock file "
-                                     f"{self.path}); wait for it, or delete the lock file if that process is "
-                                     "gone") from None
-                log.warning("taking over stale lock %s (%s is not running)", self.path, self._owner())
-                self.path.unlink(missing_ok=True)
-                continue
-            with os.fdopen(fd, "w") as f:
-                f.write(self.token + "\n")
-                f.flush()
-                os.fsync(f.fileno())  # other nodes of the job read it next
-            self.held = True
-            return
-        raise CacheError(f"could not take the lock {self.path}; delete it if no extraction is running")
-
-    def join(self) -> None:
-        """Another rank of the owner's torchrun job: check the lock names our job; never take or delete it."""
-        try:
-            parts = self.path.read_text().split()
-        except OSError:
-            parts = []
-        if self.job is None or len(parts) < 3 or parts[2] != self.job:
-            raise CacheError(f"cache {self.cache}: the lock {self.path} is not held by this torchrun job "
-                             f"(it holds {' '.join(parts) or 'nothing'}); was it deleted or taken over while the "
-                             "job ran? Rerun the extraction (it resumes)")
-
-    def _owner(self) -> str | None:
-        try:
-            parts = self.path.read_text().split()
-        except OSError:
-            return None
-        if len(parts) not in (2, 3):
-            return None
-        return f"pid {parts[0]} on {parts[1]}" + (f" (torchrun job {parts[2]})" if len(parts) == 3 else "")
-
-    def _stale(self) -> bool:
-        try:
-            pid_s, host = self.path.read_text().split()[:2]
-            pid = int(pid_s)
-        except (OSError, ValueError):
-            return False  # unreadable or half-written by a live process: do not guess
-        if host != socket.gethostname():
-            return False
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return True
-        except PermissionError:
-            return False
-        return False
-
-    def release(self) -> None:
-        if self.held:
-            try:
-                if self.path.read_text().strip() == self.token:
-                    self.path.unlink()
-            except OSError:
-                pass
-            self.held = False
 
 
 def remove_partials(path: Path) -> None:

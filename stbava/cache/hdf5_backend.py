@@ -18,7 +18,6 @@ from typing import Any, ClassVar
 import h5py
 import numpy as np
 
-from stbava.cache.base import register_backend
 from stbava.cache.manifest import CacheError, CacheManifest
 
 ATTR = "stbava_manifest"
@@ -41,7 +40,6 @@ def _filters(codec: str) -> dict[str, Any]:
     raise CacheError(f"unknown hdf5 codec {codec!r}")
 
 
-@register_backend
 class HDF5Storage:
     """h5py backend; ``writable`` opens ``r+`` (exclusive under HDF5 file locking), else ``r``."""
 

@@ -1,10 +1,10 @@
 """Several ranks of one torchrun job filling one cache, each with a disjoint set of clips.
 
-Rank 0 creates (or resumes) the store with :func:`~stbava.cache.writer.create_cache`, which takes the
-cache lock with a random job token; every other rank calls :func:`join_cache` with that token. The end
-state (arrays, done flags, manifest) is the one a single process would have written, because rows are
-fixed by the manifest rank 0 wrote before anyone else opened the store, and each clip is written whole
-by exactly one rank.
+Rank 0 creates (or resumes) the store with :func:`~stbava.cache.create.create_cache`, which takes the
+cache lock (:mod:`stbava.cache.lock`) with a random job token; every other rank calls :func:`join_cache`
+with that token. The end state (arrays, done flags, manifest) is the one a single process would have
+written, because rows are fixed by the manifest rank 0 wrote before anyone else opened the store, and each
+clip is written whole by exactly one rank.
 
 - zarr: every rank writes straight into the store. A chunk holds one frame of one clip (audio: one clip)
   and every done flag is its own one-byte chunk, so disjoint writers never touch the same file, and zarr
@@ -29,8 +29,10 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from stbava.cache.base import WriterLock, check_fingerprint, get_backend, remove_partials
+from stbava.cache.base import check_fingerprint, get_backend, remove_partials
+from stbava.cache.lock import WriterLock
 from stbava.cache.manifest import CacheError, CacheManifest
+from stbava.cache.reader import open_cache
 from stbava.cache.writer import CacheWriter, check_layout, open_writer
 
 __all__ = ["join_cache", "leftover_parts", "merge_parts", "part_path"]
@@ -60,8 +62,6 @@ def merge_parts(writer: CacheWriter) -> int:
     Returns:
         The number of clips copied.
     """
-    from stbava.cache.reader import open_cache
-
     n = 0
     for part in leftover_parts(writer.path):
         try:

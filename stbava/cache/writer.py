@@ -1,9 +1,14 @@
-"""Write side of the cache: create or resume a store, write whole clips, then flag them done."""
+"""Write side of the cache: open a store for writing (new or resumed), write whole clips, then flag them done.
+
+Everything here runs with the writer lock already held (or joined) by the caller:
+:func:`~stbava.cache.create.create_cache` takes it for one process or rank 0, and
+:func:`~stbava.cache.shards.join_cache` joins it for the other ranks of a torchrun job.
+"""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -11,16 +16,14 @@ import numpy as np
 
 from stbava.cache.base import (
     Storage,
-    WriterLock,
     check_fingerprint,
     create_store,
     detect_backend,
-    get_backend,
     load_manifest,
     new_manifest,
-    remove_partials,
     validate_arrays,
 )
+from stbava.cache.lock import WriterLock
 from stbava.cache.manifest import CacheError, CacheManifest, array_specs
 
 log = logging.getLogger(__name__)
@@ -126,56 +129,6 @@ def check_layout(m: CacheManifest, path: Path, frames: int, emb_shape: tuple[int
         raise CacheError(f"cache {path} has another layout (frames={m.frames}, arrays={sorted(have)}, image "
                          f"{list(m.emb_shape)}) than requested (frames={frames}, arrays={sorted(want)}, image "
                          f"{list(emb_shape)}); match --store-log-mel/--encoder, or choose another --cache path")
-
-
-def create_cache(path: str | Path, backend: str = "zarr", *, fingerprint: Mapping[str, Any],
-                 clips: Iterable[tuple[str, str]], frames: int, emb_shape: tuple[int, int, int],
-                 store_log_mel: bool = False, codec: str | None = None,
-                 info: Mapping[str, Any] | None = None, job: str | None = None) -> CacheWriter:
-    """Create a cache, or open an existing one to resume (clips it does not list yet are appended).
-
-    Shards that a killed torchrun extraction left beside the store (HDF5, see :mod:`stbava.cache.shards`)
-    are merged into it first, so their finished clips count as done.
-
-    Args:
-        path: the store to create (``x.zarr`` directory / ``x.h5`` file); its parent is created.
-        backend: a registered backend name (``zarr`` or ``hdf5``).
-        fingerprint: the encoder fingerprint; an existing cache must hold exactly this one.
-        clips: ``(clip_id, split)`` pairs in the order rows are assigned.
-        frames: T, frames per clip.
-        emb_shape: ``(256, h, w)`` of one frame's image embedding.
-        store_log_mel: also keep the ``[T,1,96,64]`` VGGish inputs.
-        codec: backend codec name (the backend's default when None); ignored when resuming.
-        info: informational extras recorded in a new manifest (amp, device, ...).
-        job: torchrun job token written into the lock, so the job's other ranks can ``join_cache``.
-
-    Raises:
-        CacheError: another writer holds the lock, or the existing store has another backend, encoder
-            fingerprint or layout.
-    """
-    from stbava.cache.shards import merge_parts
-
-    p = Path(path)
-    cls = get_backend(backend)
-    codec = codec or cls.codecs[0]
-    if codec not in cls.codecs:
-        raise CacheError(f"codec {codec!r} is not available for {cls.name}: use one of {', '.join(cls.codecs)}")
-    p.parent.mkdir(parents=True, exist_ok=True)
-    lock = WriterLock(p, job)
-    lock.acquire()
-    try:
-        remove_partials(p)
-        writer = open_writer(p, cls, lock, fingerprint=fingerprint, clips=list(clips), frames=frames,
-                             emb_shape=emb_shape, store_log_mel=store_log_mel, codec=codec, info=info)
-    except BaseException:
-        lock.release()
-        raise
-    try:
-        merge_parts(writer)
-    except BaseException:
-        writer.close()
-        raise
-    return writer
 
 
 def open_writer(p: Path, cls: type[Storage], lock: WriterLock, *, fingerprint: Mapping[str, Any],

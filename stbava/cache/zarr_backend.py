@@ -19,7 +19,6 @@ import numpy as np
 import zarr
 from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
 
-from stbava.cache.base import register_backend
 from stbava.cache.manifest import CacheError, CacheManifest, write_json_atomic
 
 MANIFEST = "stbava_manifest.json"
@@ -51,7 +50,6 @@ def _compressors(codec: str) -> list[Any]:
     return [*comp, Crc32cCodec()]
 
 
-@register_backend
 class ZarrStorage:
     """zarr v3 backend. Arrays are opened lazily per process; a zarr Array itself pickles safely anyway."""
 

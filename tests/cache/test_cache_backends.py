@@ -1,6 +1,5 @@
 """The reader/writer contract, run against every backend: round trip, resume, crash safety, guards."""
 
-import logging
 import os
 import pickle
 import subprocess
@@ -167,14 +166,14 @@ fill(w, ["v1"])
 orig = w._storage.write_row
 def die(split, row, arrays):
     orig(split, row, {{IMAGE: arrays[IMAGE]}})
-    os._exit(3)  # hard kill: no cleanup, no close, lock file left behind
+    os._exit(3)  # hard kill: no cleanup, no close; the lock file stays, the OS drops the lock itself
 w._storage.write_row = die
 w.write_clip("v2", *clip_data("v2"))
 """
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_hard_killed_writer_resumes_with_stale_lock(tmp_path, backend, caplog):
+def test_hard_killed_writer_resumes_without_lock_cleanup(tmp_path, backend):
     code = _KILLED_WRITER.format(test_dir=os.path.dirname(__file__), tmp=str(tmp_path), backend=backend)
     proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
                           check=False)
@@ -184,8 +183,7 @@ def test_hard_killed_writer_resumes_with_stale_lock(tmp_path, backend, caplog):
     r = open_cache(path)
     assert r.clip_ids("train") == ["v1"]
     r.close()
-    with caplog.at_level(logging.WARNING), make(tmp_path, backend) as w:
-        assert "stale lock" in caplog.text
+    with make(tmp_path, backend) as w:  # the leftover lock file is simply reused (its flock died with the writer)
         assert w.is_done("v1") and not w.is_done("v2")
         fill(w, ["v2"])
     assert not path.with_name(path.name + ".lock").exists()

@@ -11,7 +11,8 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -73,6 +74,77 @@ def start(*args: str) -> subprocess.Popen:
 def run(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "stbava", *args], check=False, env=subprocess_env(), cwd=REPO,
                           capture_output=True, text=True, timeout=timeout)
+
+
+# The real CLI (`stbava ARGS`, in a child) stopping before encoder batch n (files in GATE: it creates at-n, then waits for
+# go-n or go-all). Lets a test act while the extraction provably holds the lock, between whole batches.
+_GATED_EXTRACT = """
+import sys, time
+from pathlib import Path
+from stbava.cli import main
+from stbava.pipeline import extract
+gate, real, calls = Path(sys.argv[1]), extract.encode_batch, []
+def gated(*args, **kwargs):
+    calls.append(1)
+    (gate / f"at-{len(calls)}").touch()
+    while not ((gate / f"go-{len(calls)}").exists() or (gate / "go-all").exists()):
+        time.sleep(0.01)
+    return real(*args, **kwargs)
+extract.encode_batch = gated
+main(sys.argv[2:], prog_name="stbava")
+"""
+
+
+@dataclass
+class Gated:
+    """An extraction child paused before each encoder batch until the test lets that batch go."""
+
+    proc: subprocess.Popen
+    gate: Path
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def wait_at(self, batch: int, during: Callable[[], object] = lambda: None, timeout: float = 120) -> None:
+        """Block until the child waits before ``batch`` (1-based), calling ``during()`` meanwhile."""
+        try:
+            wait_for(lambda: (self.gate / f"at-{batch}").exists(), during, timeout,
+                     fail=lambda: self.proc.poll() is not None, what=f"extraction paused before batch {batch}")
+        except AssertionError as e:
+            if self.proc.poll() is None:
+                raise
+            raise AssertionError(f"{e}: it exited with {self.proc.returncode}: {self.proc.communicate()[1]}") from None
+
+    def release(self, batch: int | None = None) -> None:
+        """Let ``batch`` start (every batch when None)."""
+        (self.gate / (f"go-{batch}" if batch else "go-all")).touch()
+
+
+@contextmanager
+def gated_extraction(gate: Path, *args: str) -> Iterator[Gated]:
+    """Start ``stbava ARGS`` paused at every batch (gate files in ``gate``); kill it on the way out, so a failed
+    assertion never leaves a child waiting at a gate."""
+    gate.mkdir(parents=True)
+    proc = subprocess.Popen([sys.executable, "-c", _GATED_EXTRACT, str(gate), *args], env=subprocess_env(),
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        yield Gated(proc, gate)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate(timeout=60)
+
+
+def wait_for(cond: Callable[[], bool], during: Callable[[], object] = lambda: None, timeout: float = 120,
+             fail: Callable[[], bool] = lambda: False, what: str = "condition") -> None:
+    """Poll ``cond`` (calling ``during()`` each round) until it holds; AssertionError on timeout or ``fail()``."""
+    deadline = time.monotonic() + timeout
+    while not cond():
+        during()
+        if fail() or time.monotonic() > deadline:
+            raise AssertionError(f"{what} not reached within {timeout} s")
+        time.sleep(0.02)
 
 
 def kill_when(proc: subprocess.Popen, ready: Callable[[], bool], timeout: float = 120, poll: float = 0.02) -> bool:

@@ -41,7 +41,7 @@ def test_killed_extraction_resumes_to_the_uninterrupted_cache(backend, dataset, 
     for label, ready in points:
         proc = start(*args)
         assert kill_when(proc, ready), f"extraction ended before the kill point '{label}'"
-        assert lock.exists()  # SIGKILL gives no chance to clean up: the next run must take the lock over
+        assert lock.exists()  # SIGKILL gives no chance to clean up: the file stays, the OS dropped the lock
         if cache.exists():
             assert_done_clips_equal(cache, ref_cache)  # never a done flag over partial data
 
@@ -49,8 +49,7 @@ def test_killed_extraction_resumes_to_the_uninterrupted_cache(backend, dataset, 
         (cache / "train" / "image" / "c" / "0.0123456789abcdef.partial").write_bytes(b"half a chunk")
         (cache / ".stbava_manifest.json.x1y2.tmp").write_text("{")
     final = run(*args)
-    assert final.returncode == 0, final.stderr
-    assert "taking over stale lock" in final.stderr
+    assert final.returncode == 0, final.stderr  # takes the lock at once: nothing stale to detect or break
     assert_done_clips_equal(cache, ref_cache, complete=True)
     assert open_cache(cache).manifest.splits == open_cache(ref_cache).manifest.splits
     assert not lock.exists()
