@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from paper_reference import PaperBlock
 
 from stbava.model.bava import BAVABlock
 
@@ -129,22 +130,42 @@ def test_visual_spatial_update_uniform_in_reference_varying_in_paper():
     assert pap.std(dim=2).mean() > 1e-2  # varies across pixels
 
 
-def test_paper_visual_update_follows_the_spatial_map():
-    # Each head's value vector is spread over pixels in proportion to HW * alpha: with the out-projection
-    # removed, the per-pixel update of head h is HW * alpha[h, p] * v_h(A).
+def _paper_oracle(blk: BAVABlock) -> PaperBlock:
+    oracle = PaperBlock()
+    oracle.load_state_dict(blk.state_dict(), strict=True)  # published key names on both sides
+    return oracle.eval()
+
+
+def test_paper_spatial_steps_equal_the_section_4_5_formulas():
+    # REFERENCE §4.5, written out per frame and head in paper_reference.py (not from the block's own helpers)
     blk = _block(spatial_mode="paper")
+    oracle = _paper_oracle(blk)
+    a, v, a0, pe = _inputs(b=2, t=2)
     with torch.no_grad():
-        blk.avs_attention.out_proj.weight.copy_(torch.eye(C))
-        blk.avs_attention.out_proj.bias.zero_()
-    a, v, a0, pe = _inputs(t=1)
+        got_a = blk.spatial_audio_update(a, v, a0, pe)
+        got_v = blk.spatial_visual_update(a, v, a0, pe)
+        for i in range(2):
+            want_a = oracle.pooled_visual(a[i] + a0[i], v[i] + pe[0], v[i])
+            want_v = oracle.spread_audio(a[i] + a0[i], v[i] + pe[0], a[i])
+            torch.testing.assert_close(got_a[i], want_a, rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(got_v[i], want_v, rtol=1e-5, atol=1e-5)
+    assert want_v.std(dim=1).mean() > 1e-2  # the oracle's update does vary over the pixels
+
+
+def test_paper_block_equals_the_section_4_5_oracle_clip_by_clip():
+    blk = _block(spatial_mode="paper")
+    oracle = _paper_oracle(blk)
+    a, v, a0, pe = _inputs(b=2, t=3)
     with torch.no_grad():
-        upd = blk.spatial_visual_update(a, v, a0, pe)[0, 0]  # [HW, C]
-        alpha = blk.spatial_map((a + a0).reshape(1, 1, C), (v + pe).reshape(1, HW, C))[0]  # [8, HW]
-        _, _, w_v = blk.avs_attention.in_proj_weight.chunk(3)
-        _, _, b_v = blk.avs_attention.in_proj_bias.chunk(3)
-        val = F.linear(a.reshape(C), w_v, b_v).view(8, C // 8)
-    expected = (HW * alpha.T[:, :, None] * val[None]).reshape(HW, C)
-    torch.testing.assert_close(upd, expected, rtol=1e-5, atol=1e-5)
+        got_v, got_a = blk(a, v, a0, pe)
+        for i in range(2):
+            want_v, want_a = oracle(a[i], v[i], a0[i], pe[0])
+            torch.testing.assert_close(got_v[i], want_v, rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(got_a[i], want_a, rtol=1e-5, atol=1e-5)
+        # the oracle tells the modes apart: the reference block with the same weights is not what it computes
+        ref = _block(spatial_mode="reference")
+        ref.load_state_dict(blk.state_dict())
+        assert not torch.allclose(ref(a, v, a0, pe)[0][0], oracle(a[0], v[0], a0[0], pe[0])[0], atol=1e-3)
 
 
 def test_one_way_block_keeps_audio_independent_of_the_image_but_not_vice_versa():

@@ -3,11 +3,28 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
+import numpy as np
 from click.testing import CliRunner
+from PIL import Image
 
 from stbava.cli import main
 from stbava.pipeline.demo import run_demo
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _assert_real_png(path: Path, min_side: int) -> None:
+    """A complete PNG that decodes to a picture with content (not a stub, not a blank canvas)."""
+    assert path.is_file(), path
+    assert path.read_bytes()[:8] == PNG_SIGNATURE, f"{path} is not a PNG"
+    with Image.open(path) as im:
+        im.verify()  # checks the chunk CRCs: a truncated file fails here
+    with Image.open(path) as im:
+        assert im.format == "PNG" and min(im.size) >= min_side, (path, im.size)
+        px = np.asarray(im.convert("RGB"))
+    assert len(np.unique(px.reshape(-1, 3), axis=0)) > 16, f"{path} is (nearly) a single colour"
 
 
 def test_demo_pipeline_writes_results_table(tmp_path):
@@ -20,8 +37,16 @@ def test_demo_pipeline_writes_results_table(tmp_path):
     saved = json.loads((tmp_path / "out" / "results.json").read_text())
     assert saved["rows"] == res["rows"]
     assert "| ST-BAVA (full) |" in (tmp_path / "out" / "results.md").read_text()
-    assert len(res["figures"]) == 3 and all((tmp_path / "out").glob("eval/similarity_*.png"))
-    assert len(list((tmp_path / "out" / "eval" / "overlays").glob("*.png"))) == 3
+    # `all()` of an empty glob is True, so name the files: 3 similarity figures (one per test clip) + 3 overlays
+    figures = sorted((tmp_path / "out" / "eval").glob("similarity_*.png"))
+    assert [f.name for f in figures] == [f"similarity_syn_test_{i:04d}.png" for i in range(3)]
+    assert sorted(Path(f) for f in res["figures"]) == figures
+    overlays = sorted((tmp_path / "out" / "eval" / "overlays").glob("*.png"))
+    assert len(overlays) == 3
+    for png in figures:
+        _assert_real_png(png, min_side=200)  # 5 frame tiles x 3 rows at 1.8 in and 100 dpi
+    for png in overlays:
+        _assert_real_png(png, min_side=64)
     # a second run reuses the data and the finished cache and runs, and the CLI prints the table
     out = CliRunner().invoke(main, ["demo", "--out", str(tmp_path / "out"), "--config", str(cfg)])
     assert out.exit_code == 0, out.output

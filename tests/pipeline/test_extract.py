@@ -138,19 +138,49 @@ def test_encode_batch_mixes_frame_sizes(data_root):
         np.testing.assert_allclose(aud_a, aud_b, rtol=1e-4, atol=1e-5)
 
 
-def test_option_guards(data_root, tmp_path, caplog):
+def test_option_guards(data_root, tmp_path):
     with pytest.raises(ConfigError, match="--amp must be off or bf16"):
         run_extraction(data_root, "ms3", tmp_path / "c.zarr", amp="fp8", progress=False)
     with pytest.raises(ConfigError, match="--batch-size"):
         run_extraction(data_root, "ms3", tmp_path / "c.zarr", batch_size=0, progress=False)
-    if not torch.cuda.is_available():
+    assert not (tmp_path / "c.zarr").exists()
+
+
+def test_cuda_request_on_a_host_without_cuda_is_a_clear_error(data_root, tmp_path, monkeypatch):
+    # runs on every host: torch is made to report no GPU, as a CPU-only build does
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for device in ("cuda", "cuda:0"):
         with pytest.raises(ConfigError, match="no CUDA device"):
-            run_extraction(data_root, "ms3", tmp_path / "c.zarr", device="cuda", progress=False)
-        with caplog.at_level(logging.WARNING):
-            s = run_extraction(data_root, "ms3", tmp_path / "c.zarr", splits=["test"], amp="bf16", device="cpu",
-                               progress=False)
-        assert "float32" in caplog.text and s.written == 2
-        assert open_cache(tmp_path / "c.zarr").manifest.info["amp"] == "off"
+            run_extraction(data_root, "ms3", tmp_path / "c.zarr", device=device, progress=False)
+    assert not (tmp_path / "c.zarr").exists()
+    assert extract.resolve_extract_device("auto") == torch.device("cpu")
+
+
+def test_bf16_on_cpu_falls_back_to_float32_with_a_warning(data_root, full_cache, tmp_path, caplog):
+    # device="cpu" explicitly, so this runs (and means the same) on GPU hosts too
+    with caplog.at_level(logging.WARNING):
+        s = run_extraction(data_root, "ms3", tmp_path / "c.zarr", splits=["test"], amp="bf16", device="cpu",
+                           progress=False)
+    assert "float32" in caplog.text and s.written == 2 and s.device == "cpu"
+    reader, fp32 = open_cache(tmp_path / "c.zarr"), open_cache(full_cache[0])
+    assert reader.manifest.info["amp"] == "off"
+    for cid in fp32.clip_ids("test"):  # the same numbers as a plain float32 extraction
+        np.testing.assert_allclose(reader.image_embeddings(cid).astype(np.float32),
+                                   fp32.image_embeddings(cid).astype(np.float32), rtol=2e-3, atol=1e-4)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (bf16 autocast extraction on cuda)")
+def test_bf16_on_cuda_is_used_and_recorded(data_root, full_cache, tmp_path, caplog):
+    with caplog.at_level(logging.WARNING):
+        s = run_extraction(data_root, "ms3", tmp_path / "c.zarr", splits=["test"], amp="bf16", device="cuda",
+                           progress=False)
+    assert s.written == 2 and s.device.startswith("cuda") and "float32" not in caplog.text
+    reader, fp32 = open_cache(tmp_path / "c.zarr"), open_cache(full_cache[0])
+    assert reader.manifest.info["amp"] == "bf16" and reader.manifest.info["device"] == "cuda"
+    for cid in fp32.clip_ids("test"):  # bf16 (8-bit mantissa) stays within a few % of the float32 CPU cache
+        got = reader.image_embeddings(cid).astype(np.float32)
+        want = fp32.image_embeddings(cid).astype(np.float32)
+        assert np.linalg.norm(got - want) / np.linalg.norm(want) < 0.05
 
 
 def test_cli_extract_features(data_root, tmp_path):
