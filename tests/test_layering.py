@@ -1,6 +1,7 @@
 """Data flows one way (data -> encoders -> cache -> fusion training -> eval/predict), and so do imports.
 
 Checked on every import statement of every module of the package, lazy (function-level) imports included:
+Strings that name a module (``importlib.import_module("stbava.x")``, lazy registries) count as imports too.
 1. every module belongs to a unit of the table below (a new module must be placed, or this test fails);
 2. a unit imports only the units it is allowed to;
 3. the module import graph has no cycle.
@@ -55,7 +56,11 @@ def _unit(module: str) -> str:
 
 
 def _targets(node: ast.AST) -> list[str]:
-    """The stbava modules an import statement loads (``from stbava.x import y`` -> ``stbava.x.y`` if a module)."""
+    """The stbava modules a node loads: ``from stbava.x import y`` -> ``stbava.x.y`` if a module, else
+    ``stbava.x``; a string naming a module (what ``importlib.import_module`` is given, ``"stbava.x:attr"``)."""
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        name = node.value.split(":")[0]
+        return [name] if name != "stbava" and name in MODULES else []
     if isinstance(node, ast.Import):
         return [a.name for a in node.names if a.name.split(".")[0] == "stbava"]
     if not isinstance(node, ast.ImportFrom):

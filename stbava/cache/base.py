@@ -25,9 +25,8 @@ from stbava.cache.manifest import (
     CacheError,
     CacheManifest,
     array_specs,
-    fingerprint_differences,
-    normalise,
 )
+from stbava.provenance import require_same_encoders
 
 __all__ = ["REBUILD_HINT", "CacheError", "Storage", "detect_backend", "get_backend", "register_backend"]
 
@@ -122,13 +121,10 @@ def load_manifest(storage: Storage, cls: type[Storage], path: Path) -> CacheMani
 def check_fingerprint(manifest: CacheManifest, expected: Mapping[str, Any] | None, path: Path,
                       writing: bool) -> None:
     """Refuse a cache built by other encoders: its embeddings would silently mean something else."""
-    if expected is None or manifest.fingerprint == normalise(dict(expected)):
-        return
-    keys = ", ".join(fingerprint_differences(manifest.fingerprint, expected)) or "(values)"
     fix = ("delete it or choose another --cache path, then rerun `stbava extract-features`" if writing else
            f"rebuild it (after deleting it, or into a new path) with {REBUILD_HINT.format(path=path)} using the "
            "same encoder settings, or point at the cache those settings produced")
-    raise CacheError(f"cache {path} holds embeddings of another encoder (fingerprint differs in: {keys}); {fix}")
+    require_same_encoders(manifest.fingerprint, expected, subject=f"cache {path} holds", fix=fix, error=CacheError)
 
 
 def validate_arrays(manifest: CacheManifest, clip_id: str, path: Path, image: np.ndarray, audio: np.ndarray,

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from stbava.atomic import atomic_write_text
+from stbava.provenance import normalise
 
 SCHEMA_VERSION = 1
 
@@ -57,16 +58,6 @@ def array_specs(frames: int, emb_shape: tuple[int, int, int], store_log_mel: boo
     if store_log_mel:
         specs[LOG_MEL] = ArraySpec("float32", LOG_MEL_SHAPE, 1)
     return specs
-
-
-def canonical_json(obj: Any) -> str:
-    """Key-sorted compact JSON, so equal fingerprints compare equal whatever their dict order or tuple/list."""
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"))
-
-
-def normalise(obj: Any) -> Any:
-    """JSON round trip (tuples -> lists, int keys -> str) so a fresh fingerprint compares with a stored one."""
-    return json.loads(canonical_json(obj))
 
 
 @dataclass
@@ -161,20 +152,6 @@ class CacheManifest:
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=1)  # insertion order: splits stay in manifest order
-
-
-def fingerprint_differences(stored: Mapping[str, Any], expected: Mapping[str, Any], prefix: str = "") -> list[str]:
-    """Dotted paths of the fingerprint entries that differ, e.g. ``["image.weights"]`` (for error messages)."""
-    a, b = normalise(dict(stored)), normalise(dict(expected))
-    missing = object()
-    out: list[str] = []
-    for k in sorted(set(a) | set(b)):
-        va, vb = a.get(k, missing), b.get(k, missing)
-        if isinstance(va, dict) and isinstance(vb, dict):
-            out += fingerprint_differences(va, vb, f"{prefix}{k}.")
-        elif va != vb:
-            out.append(f"{prefix}{k}")
-    return out
 
 
 def write_json_atomic(path: str | Path, text: str) -> None:

@@ -13,10 +13,9 @@ from stbava.cache.manifest import (
     CacheError,
     CacheManifest,
     array_specs,
-    fingerprint_differences,
-    normalise,
     write_json_atomic,
 )
+from stbava.provenance import fingerprint_differences, normalise
 
 
 def _manifest(**kw):

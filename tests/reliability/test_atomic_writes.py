@@ -107,11 +107,7 @@ ATOMIC_HELPERS = {("stbava/atomic.py", "atomic_open", "open(mode='wb')")}
 
 # Deliberately non-atomic writes, one entry per call site (file, function, what the scan matched): reason.
 ALLOWED_DIRECT_WRITES = {
-    ("stbava/cache/base.py", "WriterLock.acquire", "os.open(write flags)"):
-        "lock file: O_CREAT|O_EXCL creation is the atomic step (one winner), not a replace of an old file",
-    ("stbava/cache/base.py", "WriterLock.acquire", "open(mode='w')"):
-        "writes the owner token into the lock file just created exclusively; an empty lock reads as unknown owner",
-    ("stbava/pipeline/train.py", "MetricsLog.write", "open(mode='a')"):
+    ("stbava/pipeline/logger.py", "MetricLogger.write", "open(mode='a')"):
         "metrics.jsonl is append-only by design; a torn last line is skipped on resume (truncate_after)",
     ("stbava/data/synthetic.py", "write_synthetic", "open(mode='w')"):
         "synthetic demo/test data CSV (NOT atomic: run_demo reuses the data once this CSV exists)",
