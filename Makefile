@@ -16,6 +16,10 @@ BACKEND     ?= zarr
 ENCODER     ?= vit_h
 SAM_CKPT    ?= checkpoints/sam_vit_h_4b8939.pth
 VGGISH_CKPT ?= checkpoints/vggish-10086976.pth
+# Later stages find the weight files a cache/checkpoint recorded (recorded path, then by name in WEIGHTS).
+WEIGHTS     ?= checkpoints
+# Frames per image-encoder forward at extraction; 0 = sized from the encoder and the free memory.
+FPF         ?= 0
 CONFIG      ?= configs/$(SUBSET).yaml
 RUN         ?= runs/$(SUBSET)_fusion
 ADAPTER_RUN ?= runs/$(SUBSET)_adapters
@@ -29,7 +33,8 @@ DEMO_OUT    ?= demo_out
 EXTRA       ?=
 VIDEO       ?= my_video.mp4
 PRED_OUT    ?= predictions
-# The decoder starts from SAM's weights when $(SAM_CKPT) exists; extraction always needs the checkpoints it is given.
+# Extraction records its weight files (sha256); train-fusion starts the decoder from the cache's SAM, and
+# finetune-adapters / eval / predict find and verify the recorded files themselves (--weights-dir $(WEIGHTS)).
 # torchrun: make train-fusion NPROC=4  (NNODES / NODE_RANK / MASTER_ADDR for several nodes)
 NPROC       ?= 1
 NNODES      ?= 1
@@ -71,23 +76,24 @@ check-data: setup
 
 extract-features: setup
 	$(LAUNCH) extract-features --data-root $(DATA) --subset $(SUBSET) --cache $(CACHE) --backend $(BACKEND) \
-	  --encoder $(ENCODER) --sam-checkpoint $(SAM_CKPT) --vggish-checkpoint $(VGGISH_CKPT) --batch-size $(BATCH) --device $(DEVICE) $(EXTRA)
+	  --encoder $(ENCODER) --sam-checkpoint $(SAM_CKPT) --vggish-checkpoint $(VGGISH_CKPT) --batch-size $(BATCH) \
+	  --frames-per-forward $(FPF) --device $(DEVICE) $(EXTRA)
 
 train-fusion: setup
 	$(LAUNCH) train-fusion --cache $(CACHE) --data-root $(DATA) --subset $(SUBSET) --config $(CONFIG) --run-dir $(RUN) \
-	  $(if $(wildcard $(SAM_CKPT)),--sam-checkpoint $(SAM_CKPT)) --device $(DEVICE) $(EXTRA)
+	  --weights-dir $(WEIGHTS) --device $(DEVICE) $(EXTRA)
 
 finetune-adapters: setup
 	$(LAUNCH) finetune-adapters --data-root $(DATA) --subset $(SUBSET) --init $(RUN) --run-dir $(ADAPTER_RUN) \
-	  $(if $(wildcard $(SAM_CKPT)),--sam-checkpoint $(SAM_CKPT)) \
-	  $(if $(wildcard $(VGGISH_CKPT)),--vggish-checkpoint $(VGGISH_CKPT)) --device $(DEVICE) $(EXTRA)
+	  --weights-dir $(WEIGHTS) --device $(DEVICE) $(EXTRA)
 
 eval: setup
 	$(LAUNCH) eval --checkpoint $(CKPT) --cache $(CACHE) --data-root $(DATA) --subset $(SUBSET) --split $(SPLIT) \
-	  --out $(REPORT) --device $(DEVICE) $(EXTRA)
+	  --out $(REPORT) --weights-dir $(WEIGHTS) --device $(DEVICE) $(EXTRA)
 
 predict: setup
-	$(STBAVA) predict --checkpoint $(CKPT) --input $(VIDEO) --out $(PRED_OUT) --device $(DEVICE) $(EXTRA)
+	$(STBAVA) predict --checkpoint $(CKPT) --input $(VIDEO) --out $(PRED_OUT) --weights-dir $(WEIGHTS) --device $(DEVICE) \
+	  $(EXTRA)
 
 clean:
 	rm -rf $(DEMO_OUT) .pytest_cache

@@ -78,7 +78,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
 
 
 def checkpoint_config(payload: dict[str, Any]) -> Config:
-    return config_from_dict(payload["config"])
+    return config_from_dict(payload["config"], saved=True)
 
 
 def check_compatible(payload: dict[str, Any], cfg: Config, fingerprint: dict[str, Any] | None) -> None:

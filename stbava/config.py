@@ -25,6 +25,8 @@ class EncoderConfig:
     vggish_checkpoint: str | None = None  # torchvggish VGG state dict (vggish-10086976.pth)
     vggish_pca: str | None = None  # optional PCA params file; PCA is off unless given
     seed: int = 0  # seed of the random init used when no checkpoint is given
+    sdpa: bool = True  # fused SDPA attention in the image encoder (values equal SAM's to float rounding)
+    amp: str = "off"  # image encoder autocast at extraction: off (float32) | bf16 (CUDA only)
 
 
 @dataclass
@@ -41,8 +43,6 @@ class ModelConfig:
     bidirectional: bool = True  # ablation: False keeps only the audio-to-visual direction
     fusion: bool = True  # ablation: False = decoder-only "SAM baseline"
     center_audio: bool = True  # stage-two init: projection bias centres the mean train audio (see AVSModel)
-    mask_size: int = 224  # output logits resolution (AVSBench masks are 224x224)
-    adapters: bool = False  # stage three: audio adapters inside the image encoder
     adapter_hidden: int = 512  # adapter hidden width (published: 512)
     adapter_zero_init: bool = True  # zero output layer: step 0 reproduces the stage-two model exactly
 
@@ -127,9 +127,26 @@ def _merge(obj: Any, data: Mapping[str, Any], where: str) -> Any:
     return dataclasses.replace(obj, **updates)
 
 
-def config_from_dict(data: Mapping[str, Any], base: Config | None = None) -> Config:
-    """Apply a nested mapping of overrides to ``base`` (defaults when None)."""
-    cfg = _merge(base or Config(), data, "config")
+# Fields of older versions that no longer exist, dropped when an old checkpoint's or run's config is read:
+# model.mask_size (only 224 ever worked) and model.adapters (a stage-three checkpoint says so by its kind).
+REMOVED_FIELDS = {"model": ("mask_size", "adapters")}
+
+
+def _drop_removed(data: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(data)
+    for section, keys in REMOVED_FIELDS.items():
+        if isinstance(out.get(section), Mapping):
+            out[section] = {k: v for k, v in out[section].items() if k not in keys}
+    return out
+
+
+def config_from_dict(data: Mapping[str, Any], base: Config | None = None, *, saved: bool = False) -> Config:
+    """Apply a nested mapping of overrides to ``base`` (defaults when None).
+
+    ``saved``: the mapping was written by an earlier stbava (a checkpoint's config); fields since removed
+    are dropped instead of refused. A user's YAML file is never ``saved``: a removed field there is an error.
+    """
+    cfg = _merge(base or Config(), _drop_removed(data) if saved else data, "config")
     validate(cfg)
     return cfg
 
@@ -184,5 +201,7 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"model.spatial_mode must be reference|paper, got {cfg.model.spatial_mode!r}")
     if cfg.model.depth < 0 or cfg.frames < 1:
         raise ConfigError("model.depth must be >= 0 and frames >= 1")
+    if cfg.encoder.amp not in ("off", "bf16"):
+        raise ConfigError(f"encoder.amp must be off|bf16, got {cfg.encoder.amp!r}")
     if cfg.train.amp not in ("auto", "bf16", "off"):
         raise ConfigError(f"train.amp must be auto|bf16|off, got {cfg.train.amp!r}")

@@ -28,6 +28,11 @@ from stbava.cache.manifest import (
 )
 from stbava.provenance import require_same_encoders
 
+# What reading a damaged chunk raises: the checksum codecs (zarr CRC32C: ValueError; HDF5 Fletcher-32: OSError),
+# blosc/zstd on a cut buffer (RuntimeError / ValueError), a file cut short (EOFError / OSError). Programming
+# errors (TypeError, AttributeError, KeyError, ...) are not in it: they surface as themselves, not as "damaged".
+DAMAGED_CHUNK_ERRORS: tuple[type[Exception], ...] = (ValueError, RuntimeError, OSError, EOFError)
+
 __all__ = ["REBUILD_HINT", "CacheError", "Storage", "detect_backend", "get_backend", "register_backend"]
 
 REBUILD_HINT = "`stbava extract-features --cache {path} ...` (or `make extract-features CACHE={path}`)"

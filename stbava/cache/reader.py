@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from stbava.cache.base import (
+    DAMAGED_CHUNK_ERRORS,
     REBUILD_HINT,
     Storage,
     check_fingerprint,
@@ -103,7 +104,7 @@ class CacheReader:
             return self._store().read(where[0], name, where[1], sel)
         except CacheError:
             raise
-        except Exception as e:  # noqa: BLE001 - a chunk that no longer decodes (truncated, overwritten, ...)
+        except DAMAGED_CHUNK_ERRORS as e:  # a chunk that no longer decodes (truncated, overwritten, ...)
             raise CacheError(f"cache {self.path}: {name} data of clip {clip_id!r} is damaged ({type(e).__name__}: "
                              f"{str(e)[:120]}); re-extract the damaged clips in place with `stbava extract-features "
                              f"--cache {self.path} --verify ...` (the other clips are kept)") from None

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from stbava.cache.base import (
+    DAMAGED_CHUNK_ERRORS,
     Storage,
     check_fingerprint,
     create_store,
@@ -98,7 +99,7 @@ class CacheWriter:
                             raise ValueError(f"{name} holds NaN/inf")
                 except CacheError:
                     raise
-                except Exception as e:  # noqa: BLE001 - any decode failure means "redo this clip"
+                except DAMAGED_CHUNK_ERRORS as e:  # a decode failure (or NaN) means "redo this clip"
                     log.warning("cache %s: clip %s is damaged (%s); it will be re-extracted", self.path, ids[row], e)
                     self._storage.set_done(split, int(row), False)
                     self._done[split][row] = False

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from stbava.cli.group import cli_errors, main
+from stbava.cli.weights import weight_options, weight_search
 
 
 @main.command("eval")
@@ -19,9 +20,12 @@ from stbava.cli.group import cli_errors, main
 @click.option("--figures", type=int, default=0, show_default=True, help="Similarity figures for N clips.")
 @click.option("--shuffle-audio", is_flag=True, help="Control: feed each clip another clip's audio.")
 @click.option("--batch-size", type=int, default=4, show_default=True, help="Clips per forward (metrics stay per clip).")
+@click.option("--amp", type=click.Choice(["off", "bf16"]), default="off", show_default=True,
+              help="bf16 autocast for the network (CUDA); metrics are always computed on float32 logits.")
+@weight_options
 @click.option("--device", default="auto", show_default=True)
 def eval_cmd(checkpoint, cache, data_root, subset, split, out, save_masks, overlays, figures, shuffle_audio,
-             batch_size, device):
+             batch_size, amp, sam_checkpoint, vggish_checkpoint, vggish_pca, weights_dir, device):
     """Score a checkpoint with AVSBench's exact mIoU and F-score."""
     from stbava.checkpoint import checkpoint_config, read_checkpoint
     from stbava.pipeline.evaluate import run_eval
@@ -31,7 +35,8 @@ def eval_cmd(checkpoint, cache, data_root, subset, split, out, save_masks, overl
             raise click.ClickException(f"{checkpoint} was trained on another subset than {subset}")
         result, report = run_eval(checkpoint, data_root, split, out, cache=cache, device=device,
                                   batch_size=batch_size, save_masks=save_masks, overlays=overlays,
-                                  figures=figures, shuffle_audio=shuffle_audio)
+                                  figures=figures, shuffle_audio=shuffle_audio, amp=amp,
+                                  search=weight_search(sam_checkpoint, vggish_checkpoint, vggish_pca, weights_dir))
     click.echo(f"{'subset':<8}{'split':<7}{'clips':>6}{'mIoU':>9}{'F-score':>9}")
     click.echo(f"{report['subset']:<8}{split:<7}{result.n_clips:>6}{result.miou:>9.4f}{result.fscore:>9.4f}")
     if out:

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from stbava.cli.group import cli_errors, main
+from stbava.cli.weights import weight_options, weight_search
 
 
 def _train_overrides(epochs, batch_size, lr, depth, seed, max_steps, num_workers, spatial_mode, temporal,
@@ -39,7 +40,7 @@ def _echo_train_summary(summary: dict) -> None:
 def train_options(f):
     """Options shared by train-fusion and finetune-adapters."""
     opts = [
-        click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
+        click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False), default=None,
                      help="YAML overrides (configs/s4.yaml, configs/ms3.yaml, ...)."),
         click.option("--run-dir", required=True, type=click.Path(file_okay=False), help="Checkpoints + metrics go here."),
         click.option("--epochs", type=int, default=None), click.option("--batch-size", type=int, default=None),
@@ -64,12 +65,17 @@ def train_options(f):
 @click.option("--cache", required=True, type=click.Path(), help="Stage-one feature cache.")
 @click.option("--data-root", required=True, type=click.Path(exists=True, file_okay=False), help="AVSBench root (masks).")
 @click.option("--subset", type=click.Choice(["s4", "ms3"]), default=None, help="Defaults to the config's subset.")
-@click.option("--sam-checkpoint", type=click.Path(), default=None, help="Initialise decoder + PE from SAM weights.")
+@click.option("--sam-checkpoint", type=click.Path(dir_okay=False), default=None,
+              help="Where the cache's SAM checkpoint is now (decoder + PE start from it); by default its recorded "
+                   "path. Its sha256 must be the cache's. A random-init cache gets a random decoder.")
+@click.option("--weights-dir", type=click.Path(file_okay=False), default=None,
+              help="Folder searched for the cache's SAM checkpoint by name (also: $STBAVA_WEIGHTS).")
 @train_options
-def train_fusion_cmd(cache, data_root, subset, sam_checkpoint, config_path, run_dir, epochs, batch_size, lr, depth,
-                     seed, max_steps, num_workers, spatial_mode, temporal, bidirectional, fusion, sets, device,
-                     resume):
+def train_fusion_cmd(cache, data_root, subset, sam_checkpoint, weights_dir, config_path, run_dir, epochs, batch_size,
+                     lr, depth, seed, max_steps, num_workers, spatial_mode, temporal, bidirectional, fusion, sets,
+                     device, resume):
     """Stage two: train ST-BAVA + SAM's mask decoder on cached embeddings (never runs an encoder)."""
+    from stbava.cli.weights import weight_search
     from stbava.config import load_config
     from stbava.pipeline.stage2 import train_fusion
 
@@ -78,22 +84,26 @@ def train_fusion_cmd(cache, data_root, subset, sam_checkpoint, config_path, run_
                              bidirectional, fusion, sets)
         if subset:
             o["subset"] = subset
-        if sam_checkpoint:
-            o.setdefault("encoder", {})["sam_checkpoint"] = sam_checkpoint
         cfg = load_config(config_path, o)
-        summary = train_fusion(cfg, cache, data_root, run_dir, device=device, resume=resume)
+        summary = train_fusion(cfg, cache, data_root, run_dir, device=device, resume=resume,
+                               search=weight_search(sam_checkpoint, None, None, weights_dir))
     _echo_train_summary(summary)
 
 
 @main.command("import-official")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False))
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="stbava checkpoint to write.")
-@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None)
+@click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False), default=None)
 @click.option("--subset", type=click.Choice(["s4", "ms3"]), default=None)
 @click.option("--encoder", type=click.Choice(["vit_h", "vit_l", "vit_b", "tiny"]), default="vit_h", show_default=True)
-@click.option("--sam-checkpoint", type=click.Path(), default=None, help="Recorded for stage-three use.")
-def import_official_cmd(file, out, config_path, subset, encoder, sam_checkpoint):
-    """Convert a published ST-BAVA Decoder.state_dict() (and its adapters) into a stbava checkpoint."""
+@weight_options
+def import_official_cmd(file, out, config_path, subset, encoder, sam_checkpoint, vggish_checkpoint, vggish_pca,
+                        weights_dir):
+    """Convert a published ST-BAVA Decoder.state_dict() (and its adapters) into a stbava checkpoint.
+
+    The SAM and VGGish files the published model ran with are recorded (sha256): given by option, or the
+    official files (sam_vit_h_4b8939.pth, vggish-10086976.pth) found in --weights-dir / $STBAVA_WEIGHTS.
+    """
     from stbava.config import load_config
     from stbava.pipeline.official_import import import_official
 
@@ -101,24 +111,23 @@ def import_official_cmd(file, out, config_path, subset, encoder, sam_checkpoint)
         o: dict = {"encoder": {"name": encoder}}
         if subset:
             o["subset"] = subset
-        if sam_checkpoint:
-            o["encoder"]["sam_checkpoint"] = sam_checkpoint
-        written = import_official(file, out, load_config(config_path, o))
+        written = import_official(file, out, load_config(config_path, o),
+                                  weight_search(sam_checkpoint, vggish_checkpoint, vggish_pca, weights_dir))
     for p in written:
         click.echo(f"wrote {p}")
 
 @main.command("finetune-adapters")
 @click.option("--data-root", required=True, type=click.Path(exists=True, file_okay=False), help="Raw frames + wav.")
-@click.option("--subset", type=click.Choice(["s4", "ms3"]), default=None, help="Checked against --init.")
+@click.option("--subset", type=click.Choice(["s4", "ms3"]), default=None, help="Must be the subset of --init.")
 @click.option("--init", "init", required=True, type=click.Path(exists=True), help="Stage-two run dir or checkpoint.")
-@click.option("--sam-checkpoint", type=click.Path(), default=None, help="The SAM weights used at extraction.")
-@click.option("--vggish-checkpoint", type=click.Path(), default=None, help="The VGGish weights used at extraction.")
+@weight_options
 @click.option("--no-grad-checkpointing", is_flag=True, help="Keep encoder activations (more memory, faster).")
 @click.option("--train-fusion/--freeze-fusion", default=None, help="Also train ST-BAVA (published: frozen).")
 @train_options
-def finetune_adapters_cmd(data_root, subset, init, sam_checkpoint, vggish_checkpoint, no_grad_checkpointing,
-                          train_fusion, config_path, run_dir, epochs, batch_size, lr, depth, seed, max_steps,
-                          num_workers, spatial_mode, temporal, bidirectional, fusion, sets, device, resume):
+def finetune_adapters_cmd(data_root, subset, init, sam_checkpoint, vggish_checkpoint, vggish_pca, weights_dir,
+                          no_grad_checkpointing, train_fusion, config_path, run_dir, epochs, batch_size, lr, depth,
+                          seed, max_steps, num_workers, spatial_mode, temporal, bidirectional, fusion, sets, device,
+                          resume):
     """Stage three: fine-tune audio adapters in the image encoder (+ mask decoder) from raw frames."""
     import yaml
 
@@ -131,16 +140,12 @@ def finetune_adapters_cmd(data_root, subset, init, sam_checkpoint, vggish_checkp
             from stbava.config import deep_update
 
             o = deep_update(yaml.safe_load(Path(config_path).read_text()) or {}, o)
-        enc = o.setdefault("encoder", {})
-        if sam_checkpoint:
-            enc["sam_checkpoint"] = sam_checkpoint
-        if vggish_checkpoint:
-            enc["vggish_checkpoint"] = vggish_checkpoint
         if no_grad_checkpointing:
             o["train"]["grad_checkpointing"] = False
         if train_fusion is not None:
             o["train"]["train_fusion"] = train_fusion
         if subset:
             o["subset"] = subset
-        summary = finetune_adapters(init, data_root, run_dir, o, device=device, resume=resume)
+        summary = finetune_adapters(init, data_root, run_dir, o, device=device, resume=resume,
+                                    search=weight_search(sam_checkpoint, vggish_checkpoint, vggish_pca, weights_dir))
     _echo_train_summary(summary)

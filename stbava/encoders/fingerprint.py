@@ -18,7 +18,7 @@ from stbava.encoders.checkpoints import require_file
 from stbava.encoders.image import IMAGE_ENCODERS, NORM_EPS, PIXEL_MEAN, PIXEL_STD, grid_size, image_size
 from stbava.provenance import fingerprint_digest  # noqa: F401 (the digest users quote)
 
-SCHEMA = 1  # bump when the meaning of a field (or any preprocessing step) changes
+SCHEMA = 2  # bump when the meaning of a field (or any preprocessing step) changes; 2: numerics recorded
 
 
 def _weights(path: str | None, what: str, random_desc: str) -> str:
@@ -44,6 +44,8 @@ def encoder_fingerprint(enc: EncoderConfig, frames: int) -> dict[str, Any]:
     return {
         "schema": SCHEMA,
         "frames": int(frames),
+        # what changes the values without changing the weights: the attention kernel and the autocast dtype
+        "numerics": {"sdpa": bool(enc.sdpa), "image_amp": enc.amp},
         "image": {
             "encoder": enc.name,
             "arch": "segment_anything ImageEncoderViT",

@@ -30,7 +30,7 @@ def model_kwargs(cfg: Config, *, grid: int, img_size: int) -> dict[str, Any]:
     m = cfg.model
     return {
         "embed_dim": m.embed_dim, "grid": grid, "img_size": img_size,
-        "mask_size": m.mask_size, "depth": m.depth, "heads": m.num_heads, "mlp_dim": m.mlp_dim,
+        "depth": m.depth, "heads": m.num_heads, "mlp_dim": m.mlp_dim,
         "attn_dropout": m.attn_dropout, "spatial_mode": m.spatial_mode, "temporal": m.temporal,
         "bidirectional": m.bidirectional, "fusion": m.fusion,
     }

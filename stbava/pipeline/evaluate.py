@@ -23,6 +23,7 @@ from stbava.config import Config
 from stbava.data.clips import Clip, DataError, load_clips
 from stbava.device import autocast, resolve_device
 from stbava.digest import file_sha256
+from stbava.encoders.weights import WeightSearch
 from stbava.metrics import MetricAccumulator, PooledMetrics
 from stbava.pipeline.distributed import dist_info
 from stbava.pipeline.sources import Batch, CachedClips, CachedSource, LiveSource, collate
@@ -113,15 +114,21 @@ def make_eval_dataset(payload: dict[str, Any], cfg: Config, clips: list[Clip], c
 def run_eval(checkpoint: str | Path, data_root: str | Path, split: str, out: str | Path | None, *,
              cache: str | Path | None = None, device: str = "auto", batch_size: int = 4,
              save_masks: str | Path | None = None, overlays: int = 0, figures: int = 0,
-             shuffle_audio: bool = False, progress: bool = True) -> tuple[EvalResult, dict[str, Any]]:
-    """Evaluate ``checkpoint`` on ``split``; write the JSON report to ``out`` (and artefacts beside it)."""
+             shuffle_audio: bool = False, progress: bool = True, amp: str = "off",
+             search: WeightSearch | None = None) -> tuple[EvalResult, dict[str, Any]]:
+    """Evaluate ``checkpoint`` on ``split``; write the JSON report to ``out`` (and artefacts beside it).
+
+    ``amp``: ``off`` (default) runs the network in float32, whatever ``train.amp`` the checkpoint was trained
+    with, so the reported "exact" metrics come from float32 logits; ``bf16`` autocasts the network only.
+    ``search``: where a stage-three checkpoint's encoder weight files are looked for (raw-frame eval).
+    """
     from stbava.pipeline.eval_outputs import BatchWriter, save_similarity_figures
     from stbava.pipeline.restore import restore_net
 
     payload = read_checkpoint(checkpoint)
     dist = dist_info()
     dev = resolve_device(device, dist.local_rank)
-    net, cfg = restore_net(payload, dev)
+    net, cfg = restore_net(payload, dev, search)
     clips = load_clips(data_root, cfg.subset, [split], frames=cfg.frames)
     if not clips:
         raise DataError(f"no clips in split {split!r} of {cfg.subset} under {data_root}")
@@ -132,12 +139,11 @@ def run_eval(checkpoint: str | Path, data_root: str | Path, split: str, out: str
         # every rank writes the masks of its own clips; overlays come from rank 0's clips only
         writer = BatchWriter({c.id: c for c in clips}, Path(save_masks) if save_masks else None,
                              out_dir / "overlays" if overlays and dist.is_main else None, overlays)
-    result = evaluate_net(net, ds, dev, batch_size=batch_size, amp=cfg.train.amp, progress=progress,
-                          on_batch=writer)
+    result = evaluate_net(net, ds, dev, batch_size=batch_size, amp=amp, progress=progress, on_batch=writer)
     report = report_dict(result, subset=cfg.subset, split=split, shuffled_audio=shuffle_audio,
                          checkpoint=str(payload["path"]), checkpoint_digest=file_sha256(payload["path"]),
                          checkpoint_kind=payload["kind"], cache=str(cache) if cache else None,
-                         cache_fingerprint=fp, config=cfg.to_dict())
+                         cache_fingerprint=fp, config=cfg.to_dict(), amp=amp)
     if figures and isinstance(ds, CachedClips) and cfg.model.fusion and cfg.model.depth > 0 and dist.is_main:
         report["similarity_figures"] = save_similarity_figures(net, ds, out_dir, figures, dev)
     if out and dist.is_main:

@@ -11,6 +11,7 @@ GPU and writes them into the same cache (:mod:`stbava.cache.shards`). The result
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 import uuid
@@ -36,9 +37,10 @@ from stbava.data.io import load_audio, read_clip_frames
 from stbava.data.transforms import frames_to_sam_input, waveform_to_examples
 from stbava.device import autocast, resolve_device
 from stbava.encoders.audio import embed_audio
-from stbava.encoders.build import build_frozen_encoders
+from stbava.encoders.build import auto_frames_per_forward, build_frozen_encoders
 from stbava.encoders.fingerprint import encoder_fingerprint, fingerprint_digest
 from stbava.encoders.image import grid_size, image_size
+from stbava.encoders.weights import record_paths
 from stbava.pipeline.distributed import DistInfo, dist_info
 from stbava.version import __version__
 
@@ -93,8 +95,9 @@ def _as_list(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def encode_batch(image_encoder: nn.Module, vggish: nn.Module, items: Sequence[dict[str, Any]],
-                 device: torch.device, amp: str = "off") -> list[tuple[np.ndarray, np.ndarray]]:
-    """Encode several clips in one forward per encoder (B*T frames) when their frame sizes agree.
+                 device: torch.device, amp: str = "off", frames_per_forward: int = 0
+                 ) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Encode several clips, their frames through the image encoder ``frames_per_forward`` at a time.
 
     Args:
         image_encoder: a FrozenImageEncoder on ``device``.
@@ -102,6 +105,8 @@ def encode_batch(image_encoder: nn.Module, vggish: nn.Module, items: Sequence[di
         items: ClipInputs entries (``frames`` [T,3,h,w], ``mels`` [T,1,96,64]).
         device: where the encoders live.
         amp: ``bf16`` runs the image encoder under CUDA bf16 autocast; ``off`` keeps float32.
+        frames_per_forward: frames per image-encoder forward (0 = all B*T frames of same-sized clips at once).
+            What bounds extraction's memory: the activations of one forward, whatever the batch size.
 
     Returns:
         Per clip ``(image float16 [T,256,g,g], audio float32 [T,128])``.
@@ -109,6 +114,8 @@ def encode_batch(image_encoder: nn.Module, vggish: nn.Module, items: Sequence[di
     counts = [it["frames"].shape[0] for it in items]
     same = len({tuple(it["frames"].shape[1:]) for it in items}) == 1
     groups = [torch.cat([it["frames"] for it in items])] if same else [it["frames"] for it in items]
+    if frames_per_forward > 0:
+        groups = [chunk for g in groups for chunk in torch.split(g, frames_per_forward)]
     with torch.inference_mode():
         with autocast(device, amp if device.type == "cuda" else "off"):  # bf16 on CUDA only
             images = [image_encoder(g.to(device, non_blocking=True)).to(torch.float16) for g in groups]
@@ -133,7 +140,8 @@ def run_extraction(data_root: str | Path, subset: str, cache_path: str | Path, b
                    enc_cfg: EncoderConfig | None = None, splits: Sequence[str] | None = None,
                    batch_size: int = 4, device: str = "auto", amp: str = "off", frames: int = 5,
                    store_log_mel: bool = False, progress: bool = True, num_workers: int = 0,
-                   codec: str | None = None, verify: bool = False, sdpa: bool | None = None) -> ExtractSummary:
+                   codec: str | None = None, verify: bool = False, sdpa: bool | None = None,
+                   frames_per_forward: int = 0) -> ExtractSummary:
     """Encode every clip of the selected splits into the cache at ``cache_path`` (resuming a previous run).
 
     Args:
@@ -155,7 +163,10 @@ def run_extraction(data_root: str | Path, subset: str, cache_path: str | Path, b
         sdpa: fused scaled-dot-product attention in the image encoder (exact rel-pos bias as the mask,
             :mod:`stbava.encoders.fast_attention`); None = on. On the 2-core AVX-512 CPU it made extraction
             1.17x the plain SAM loop (0.95x without; benchmarks/RESULTS.md §3); pass False on a CPU where
-            it is not faster.
+            it is not faster. Recorded (with ``amp``) in the fingerprint: a resumed run with other numerics
+            is refused instead of mixing them in one cache.
+        frames_per_forward: frames per image-encoder forward; 0 = sized from the encoder and the free
+            memory (:func:`stbava.encoders.build.frames_per_forward`).
 
     Under torchrun every rank calls this with the same arguments; each returns the job-wide counts.
 
@@ -176,23 +187,26 @@ def run_extraction(data_root: str | Path, subset: str, cache_path: str | Path, b
     clips = load_clips(data_root, subset, splits, frames=frames)
     if not clips:
         raise DataError(f"no clips of subset {subset} (splits {', '.join(splits or ['all'])}) under {data_root}")
+    enc_cfg = record_paths(dataclasses.replace(enc_cfg, amp=amp, sdpa=enc_cfg.sdpa if sdpa is None else sdpa))
     fp = encoder_fingerprint(enc_cfg, frames)
     g = grid_size(enc_cfg.name)
     layout = {"fingerprint": fp, "frames": frames, "emb_shape": (256, g, g), "store_log_mel": store_log_mel}
-    sdpa = True if sdpa is None else sdpa
-    info = {"amp": amp, "device": dev.type, "sdpa": sdpa, "stbava": __version__, "subset": subset}
+    fpf = frames_per_forward or auto_frames_per_forward(enc_cfg.name, dev)
+    # the encoder config with absolute weight paths: where later stages look for the files first
+    info = {"device": dev.type, "stbava": __version__, "subset": subset, "encoders": dataclasses.asdict(enc_cfg)}
     start = time.perf_counter()
     sync = _Sync(dist)
     writer, todo, skipped = _open_writer(sync, clips, cache_path, backend, layout, codec, info, verify)
     with writer:
         if dist.is_main:
-            log.info("extract %s -> %s: %d clips, %d already done, device %s, amp %s%s", subset, cache_path,
-                     len(clips), skipped, dev, amp, f", {dist.world} ranks" if dist.active else "")
+            log.info("extract %s -> %s: %d clips, %d already done, device %s, amp %s, %d frames per forward%s",
+                     subset, cache_path, len(clips), skipped, dev, amp, fpf,
+                     f", {dist.world} ranks" if dist.active else "")
         if todo:
             desc = f"extract (rank 0 of {dist.world})" if dist.active else "extract"
             bar = tqdm(total=len(todo) + (0 if dist.active else skipped), initial=0 if dist.active else skipped,
                        unit="clip", desc=desc, disable=not (progress and dist.is_main))
-            _extract(writer, todo, enc_cfg, dev, amp, batch_size, frames, store_log_mel, num_workers, bar, sdpa)
+            _extract(writer, todo, enc_cfg, dev, batch_size, frames, store_log_mel, num_workers, bar, fpf)
         written = _finish_shards(sync, writer, len(todo))
     return ExtractSummary(cache=str(cache_path), backend=writer.backend, total=len(clips), written=written,
                           skipped=skipped, seconds=time.perf_counter() - start, device=str(dev),
@@ -275,10 +289,9 @@ def _finish_shards(sync: _Sync, writer: CacheWriter, written: int) -> int:
     return total
 
 
-def _extract(writer: CacheWriter, todo: list[Clip], enc_cfg: EncoderConfig, dev: torch.device, amp: str,
-             batch_size: int, frames: int, store_log_mel: bool, num_workers: int, bar: tqdm,
-             sdpa: bool = False) -> None:
-    image_encoder, vggish = build_frozen_encoders(enc_cfg, dev, sdpa=sdpa)
+def _extract(writer: CacheWriter, todo: list[Clip], enc_cfg: EncoderConfig, dev: torch.device, batch_size: int,
+             frames: int, store_log_mel: bool, num_workers: int, bar: tqdm, frames_per_forward: int) -> None:
+    image_encoder, vggish = build_frozen_encoders(enc_cfg, dev)
     loader = DataLoader(ClipInputs(todo, image_size(enc_cfg.name), frames), batch_size=batch_size, shuffle=False,
                         num_workers=num_workers, collate_fn=_as_list, pin_memory=dev.type == "cuda",
                         persistent_workers=False)
@@ -289,7 +302,7 @@ def _extract(writer: CacheWriter, todo: list[Clip], enc_cfg: EncoderConfig, dev:
                 for it in items:
                     if "error" in it:
                         raise DataError(f"clip {todo[it['index']].id}: {it['error']}")
-                encoded = encode_batch(image_encoder, vggish, items, dev, amp)
+                encoded = encode_batch(image_encoder, vggish, items, dev, enc_cfg.amp, frames_per_forward)
                 ids = [todo[it["index"]].id for it in items]
                 mels = [it["mels"].numpy() if store_log_mel else None for it in items]
                 pending.append((pool.submit(_write_batch, writer, ids, encoded, mels), len(ids)))

@@ -8,7 +8,6 @@ in the stage recipes, so that restoring a checkpoint (:mod:`.restore`) needs no 
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import torch
@@ -52,8 +51,7 @@ def build_adapter_net(cfg: Config, init: dict[str, Any]) -> Net:
     from stbava.encoders.build import build_frozen_encoders
     from stbava.model.adapters import AdaptedImageEncoder
 
-    fusion_cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, adapters=False))
-    net = build_fusion_net(fusion_cfg)
+    net = build_fusion_net(cfg)
     model_keys = [k for k in net.state_dict() if k.startswith("model.")]
     load_strict(net, init["weights"], init["path"], required=model_keys)
     enc, vgg = build_frozen_encoders(cfg.encoder)

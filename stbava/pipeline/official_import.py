@@ -15,6 +15,8 @@ import torch
 from stbava.checkpoint import save_checkpoint
 from stbava.config import Config
 from stbava.digest import file_sha256
+from stbava.encoders.weights import WeightSearch
+from stbava.model.official import convert_official_adapters, convert_official_state
 
 
 def load_official_file(path: str | Path) -> dict[str, torch.Tensor]:
@@ -33,26 +35,34 @@ def load_official_file(path: str | Path) -> dict[str, torch.Tensor]:
     return {k.removeprefix("module."): v for k, v in sd.items()}
 
 
-def import_official(path: str | Path, out: str | Path, cfg: Config) -> list[str]:
-    """Convert and write; returns the written checkpoint paths."""
+def import_official(path: str | Path, out: str | Path, cfg: Config, search: WeightSearch) -> list[str]:
+    """Convert and write; returns the written checkpoint paths.
+
+    The encoders' weight files (``search``: given or the official files by name) are recorded with their
+    sha256 in both checkpoints' fingerprint, so ``predict``, ``eval`` and ``finetune-adapters`` of imported
+    weights run exactly those encoders, never a random one.
+    """
+    from stbava.encoders.fingerprint import encoder_fingerprint
     from stbava.encoders.image import adapter_geometry, model_geometry
-    from stbava.model.official import convert_official_adapters, convert_official_state
+    from stbava.encoders.weights import official_encoder_files
+    from stbava.pipeline.stage3 import init_reference
 
     sd = load_official_file(path)
     depth = len({k.split(".")[1] for k in sd if k.startswith("layers.")})
-    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, depth=depth, adapters=False))
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, depth=depth),
+                              encoder=official_encoder_files(cfg.encoder, search))
+    fp = encoder_fingerprint(cfg.encoder, cfg.frames)
     fusion = convert_official_state(sd, cfg, **model_geometry(cfg.encoder.name))
     source = {"official_file": str(path), "official_digest": file_sha256(path)}
     save_checkpoint(out, kind="fusion", cfg=cfg, weights={f"model.{k}": v for k, v in fusion.items()},
-                    fingerprint=None, extra=source)
+                    fingerprint=fp, extra=source)
     written = [str(out)]
     adapters = convert_official_adapters(sd, cfg, **adapter_geometry(cfg.encoder.name))
     if adapters:
-        acfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, adapters=True))
         a_out = Path(out).with_name(Path(out).stem + "_adapters.pt")
         weights = {f"embedder.image_encoder.{k}": v for k, v in adapters.items()}
         weights.update({f"model.{k}": v for k, v in fusion.items() if k.startswith("mask_decoder.")})
-        save_checkpoint(a_out, kind="adapters", cfg=acfg, weights=weights, fingerprint=None,
-                        extra={**source, "init_checkpoint": str(out), "init_digest": file_sha256(out)})
+        save_checkpoint(a_out, kind="adapters", cfg=cfg, weights=weights, fingerprint=fp,
+                        extra={**source, **init_reference(out, a_out.parent)})
         written.append(str(a_out))
     return written

@@ -9,7 +9,6 @@ frame and last audio example (the AVSBench padding rule); masks are written for 
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from stbava.config import EncoderConfig
 from stbava.data.clips import DataError
 from stbava.data.video import SR, MediaInput, read_frames_folder, read_video
 from stbava.device import resolve_device
+from stbava.encoders.weights import WeightSearch
 from stbava.pipeline.net import Net
 from stbava.provenance import require_same_encoders
 
@@ -49,16 +49,22 @@ def _window_inputs(media: MediaInput, start: int, t: int) -> tuple[np.ndarray, n
 
 
 def _fusion_net_with_encoders(net: Net, enc_cfg: EncoderConfig, frames: int, payload: dict[str, Any],
-                              dev: torch.device) -> Net:
-    """A stage-two net with the frozen encoders it was trained with (checked by fingerprint) as embedder."""
+                              dev: torch.device, search: WeightSearch | None = None) -> Net:
+    """A stage-two net with the frozen encoders it was trained with as embedder.
+
+    The weight files are located and checked by the digests the checkpoint records (``search``: other
+    places to look); what else the fingerprint records (architecture, numerics) must match too.
+    """
     from stbava.encoders.build import build_frozen_encoders
     from stbava.encoders.fingerprint import encoder_fingerprint
+    from stbava.encoders.weights import locate_weights
     from stbava.pipeline.sources import LiveEmbedder
 
+    enc_cfg = locate_weights(enc_cfg, payload.get("fingerprint"), search, subject=f"checkpoint {payload['path']}")
     require_same_encoders(
         payload.get("fingerprint"), encoder_fingerprint(enc_cfg, frames), subject=f"{payload['path']} was trained on",
         other="these encoder settings", error=CheckpointFormatError,
-        fix="pass the --sam-checkpoint / --vggish-checkpoint used at extraction")
+        fix="re-extract and retrain with these encoders, or use the checkpoint's own")
     image, vggish = build_frozen_encoders(enc_cfg, dev)
     return Net(net.model, LiveEmbedder(image, vggish, audio_adapters=False))
 
@@ -82,9 +88,12 @@ def predict_probs(net: Net, media: MediaInput, t: int, img_size: int, dev: torch
 
 
 def run_predict(checkpoint: str | Path, input_path: str | Path, out: str | Path, *, audio: str | Path | None = None,
-                sam_checkpoint: str | None = None, vggish_checkpoint: str | None = None, device: str = "auto",
+                search: WeightSearch | None = None, device: str = "auto",
                 video_name: str = "overlay.mp4") -> dict[str, Any]:
-    """Segment ``input_path`` (video file or frames folder); write masks/, an overlay video and a summary."""
+    """Segment ``input_path`` (video file or frames folder); write masks/, an overlay video and a summary.
+
+    ``search``: where the encoders' weight files are looked for besides the paths the checkpoint records.
+    """
     from stbava.encoders.image import image_size
     from stbava.pipeline.restore import restore_net
 
@@ -94,11 +103,9 @@ def run_predict(checkpoint: str | Path, input_path: str | Path, out: str | Path,
     media = read_frames_folder(src, Path(audio) if audio else None) if src.is_dir() else read_video(src)
     dev = resolve_device(device)
     payload = read_checkpoint(checkpoint)
-    net, cfg = restore_net(payload, dev)
+    net, cfg = restore_net(payload, dev, search)
     if payload["kind"] == "fusion":
-        given = {"sam_checkpoint": sam_checkpoint, "vggish_checkpoint": vggish_checkpoint}
-        enc_cfg = dataclasses.replace(cfg.encoder, **{k: v for k, v in given.items() if v})
-        net = _fusion_net_with_encoders(net, enc_cfg, cfg.frames, payload, dev)
+        net = _fusion_net_with_encoders(net, cfg.encoder, cfg.frames, payload, dev, search)
     probs = predict_probs(net, media, cfg.frames, image_size(cfg.encoder.name), dev)
     return _write_outputs(src, media, probs, Path(out), video_name, len(windows(len(media.frames), cfg.frames)))
 

@@ -17,9 +17,10 @@ from torch.utils.data import Dataset
 
 from stbava.cache.manifest import AUDIO_DIM
 from stbava.cache.reader import CacheReader
-from stbava.config import Config
+from stbava.config import Config, ConfigError, EncoderConfig, config_from_dict
 from stbava.data.clips import Clip, DataError, load_train_val
 from stbava.device import resolve_device
+from stbava.encoders.weights import WeightSearch, locate_weights
 from stbava.pipeline.distributed import dist_info
 from stbava.pipeline.net import Net, build_fusion_net
 from stbava.pipeline.resident import ResidentClips
@@ -31,33 +32,56 @@ log = logging.getLogger(__name__)
 FUSION_PREFIXES = ("model.audio_embed_layer", "model.layers", "model.mask_decoder")
 
 
-def config_for_cache(cfg: Config, fingerprint: dict[str, Any]) -> Config:
-    """Take the encoder settings from the cache so the model's grid matches the stored embeddings."""
-    image = fingerprint.get("image", {})
-    name = image.get("encoder")
-    if name is None:
+def cache_encoders(reader: CacheReader) -> EncoderConfig:
+    """The encoder config the cache was extracted with (weights' recorded paths, seed, numerics).
+
+    Caches written before encoder configs were recorded give the name and seed from the fingerprint.
+    """
+    recorded = reader.manifest.info.get("encoders")
+    if recorded is not None:
+        return config_from_dict({"encoder": recorded}, saved=True).encoder
+    image = reader.fingerprint.get("image", {})
+    if image.get("encoder") is None:
         raise DataError("cache fingerprint has no image encoder name; rebuild it with `stbava extract-features`")
-    seed = cfg.encoder.seed
     m = re.search(r"seed=(\d+)", str(image.get("weights", "")))
-    if m:
-        seed = int(m.group(1))
-    frames = int(fingerprint.get("frames", cfg.frames))
-    return dataclasses.replace(cfg, frames=frames, encoder=dataclasses.replace(cfg.encoder, name=name, seed=seed))
+    return EncoderConfig(name=image["encoder"], seed=int(m.group(1)) if m else 0)
 
 
-def sam_decoder_init(path: str | None) -> dict[str, torch.Tensor] | None:
-    """Decoder + PE weights from an official SAM checkpoint, or None for random init."""
-    if not path:
-        return None
+def config_for_cache(cfg: Config, reader: CacheReader) -> Config:
+    """The run's config with the cache's encoders and frame count, so the model fits the stored embeddings.
+
+    Raises:
+        ConfigError: the config sets an encoder field (away from its default) that the cache contradicts:
+            the embeddings were made by the cache's encoders, whatever the config says.
+    """
+    enc = cache_encoders(reader)
+    default = EncoderConfig()
+    clash = [f"encoder.{k}: config {v!r}, cache {getattr(enc, k)!r}" for k, v in vars(cfg.encoder).items()
+             if v != getattr(default, k) and v != getattr(enc, k)]
+    if clash:
+        raise ConfigError(f"the config contradicts cache {reader.path} ({'; '.join(clash)}): stage two takes its "
+                          "encoders from the cache; drop the encoder section or use the cache those settings made")
+    frames = int(reader.fingerprint.get("frames", cfg.frames))
+    return dataclasses.replace(cfg, frames=frames, encoder=enc)
+
+
+def sam_decoder_init(cfg: Config, reader: CacheReader, search: WeightSearch) -> dict[str, torch.Tensor] | None:
+    """Decoder + PE weights from the SAM checkpoint that made the cache's embeddings; None for random init.
+
+    The decoder must start from the same SAM as the image encoder: the file is located and checked by the
+    digest the cache recorded (a random-init cache gets a random decoder, and a given file is refused).
+    """
     from stbava.encoders.checkpoints import load_state_file, sam_decoder_state
 
-    return sam_decoder_state(load_state_file(path, "sam"))
+    enc = locate_weights(cfg.encoder, reader.fingerprint, search, subject=f"cache {reader.path}", only=("sam",))
+    return None if enc.sam_checkpoint is None else sam_decoder_state(load_state_file(enc.sam_checkpoint, "sam"))
 
 
-def initial_fusion_net(cfg: Config, reader: CacheReader, train_clips: list[Clip]) -> Net:
-    """The net stage two starts from: SAM decoder weights if configured, audio projection centred on the train audio."""
+def initial_fusion_net(cfg: Config, reader: CacheReader, train_clips: list[Clip],
+                       search: WeightSearch | None = None) -> Net:
+    """The net stage two starts from: SAM's decoder when the cache used SAM weights, audio projection centred."""
     mean_audio = mean_train_audio(reader, train_clips) if cfg.model.center_audio else None
-    return build_fusion_net(cfg, sam_decoder_init(cfg.encoder.sam_checkpoint), mean_audio)
+    return build_fusion_net(cfg, sam_decoder_init(cfg, reader, search or WeightSearch()), mean_audio)
 
 
 def mean_train_audio(reader: CacheReader, clips: list[Clip]) -> torch.Tensor:
@@ -72,18 +96,23 @@ def mean_train_audio(reader: CacheReader, clips: list[Clip]) -> torch.Tensor:
 
 
 def train_fusion(cfg: Config, cache: str | Path, data_root: str | Path, run_dir: str | Path, *,
-                 device: str = "auto", progress: bool = True, resume: bool = True) -> dict[str, Any]:
-    """Stage two end to end: cache + masks -> run dir with best.pt / last.pt / metrics.jsonl."""
+                 device: str = "auto", progress: bool = True, resume: bool = True,
+                 search: WeightSearch | None = None) -> dict[str, Any]:
+    """Stage two end to end: cache + masks -> run dir with best.pt / last.pt / metrics.jsonl.
+
+    ``search``: where the cache's SAM checkpoint is looked for (decoder init) besides its recorded path.
+    The checkpoints record the cache's encoder config and fingerprint, so later stages find the same files.
+    """
     from stbava.cache import open_cache
 
     reader = open_cache(cache)
     fp = reader.fingerprint
-    cfg = config_for_cache(cfg, fp)
+    cfg = config_for_cache(cfg, reader)
     train_clips, val_clips = load_train_val(data_root, cfg.subset, cfg.frames)
     source = CachedSource(cache, cfg.frames)
     train_ds: Dataset = source.dataset(train_clips)
     val_ds = source.dataset(val_clips) if val_clips else None
-    net = initial_fusion_net(cfg, reader, train_clips)
+    net = initial_fusion_net(cfg, reader, train_clips, search)
     dev = resolve_device(device, dist_info().local_rank)
     if cfg.train.gpu_resident:  # whole train split on the device once; validation still streams from the cache
         resident = ResidentClips(train_ds, dev, num_workers=cfg.train.num_workers)

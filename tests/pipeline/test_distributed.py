@@ -235,7 +235,7 @@ def single_run(data_root, single_caches, tmp_path_factory):
 def test_two_rank_training_with_resume_equals_one_process(ddp_run, single_run, single_caches, data_root):
     ddp, one = read_checkpoint(ddp_run / "last.pt"), read_checkpoint(single_run / "last.pt")
     assert ddp["state"]["loop"]["step"] == one["state"]["loop"]["step"] == 4
-    cfg = config_for_cache(load_config(None, TRAIN), open_cache(single_caches / "c.zarr").fingerprint)
+    cfg = config_for_cache(load_config(None, TRAIN), open_cache(single_caches / "c.zarr"))
     train = load_clips(data_root, cfg.subset, ["train"], frames=cfg.frames)
     init = initial_fusion_net(cfg, open_cache(single_caches / "c.zarr"), train).state_dict()
     assert_same_update(ddp["weights"], one["weights"], init)
@@ -272,7 +272,7 @@ def test_distributed_eval_equals_one_process_exactly(data_root, single_caches, t
     # an untrained model: its masks are far from empty or full, so IoU and F vary from clip to clip
     cache = single_caches / "c.zarr"
     reader = open_cache(cache)
-    cfg = config_for_cache(load_config(None, TRAIN), reader.fingerprint)
+    cfg = config_for_cache(load_config(None, TRAIN), reader)
     net = build_fusion_net(cfg)
     names = [n for n, _ in net.named_parameters() if n.startswith(FUSION_PREFIXES)]
     save_checkpoint(tmp_path / "init.pt", kind="fusion", cfg=cfg, weights=saved_weights(net, names),
