@@ -1,0 +1,33 @@
+"""Peak memory of one image-encoder forward, for the per-frame table in the README ("Memory of extraction").
+
+Run it once per (encoder, frames) in a fresh process, since ru_maxrss only grows:
+``python benchmarks/frame_memory.py vit_b 1`` then ``... vit_b 2``; per frame = the peak growth / frames.
+"""
+
+from __future__ import annotations
+
+import resource
+import sys
+import time
+
+import torch
+
+from stbava.config import EncoderConfig
+from stbava.encoders.build import build_frozen_encoders
+from stbava.encoders.image import image_size
+
+
+def main(name: str, n: int) -> None:
+    img, _ = build_frozen_encoders(EncoderConfig(name=name))
+    x = torch.rand(n, 3, image_size(name), image_size(name)) * 255
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    t = time.perf_counter()
+    with torch.inference_mode():
+        img(x)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(f"{name} frames={n} baseline_MiB={base // 1024} peak_MiB={peak // 1024} "
+          f"forward_s={time.perf_counter() - t:.1f}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], int(sys.argv[2]))
