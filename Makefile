@@ -29,6 +29,9 @@ DEMO_OUT    ?= demo_out
 EXTRA       ?=
 VIDEO       ?= my_video.mp4
 PRED_OUT    ?= predictions
+SPEC        ?= configs/experiments/table6_3.yaml
+OUT         ?= experiments/$(basename $(notdir $(SPEC)))
+SEEDS       ?= 0,1,2
 # The decoder starts from SAM's weights when $(SAM_CKPT) exists; extraction always needs the checkpoints it is given.
 # torchrun: make train-fusion NPROC=4  (NNODES / NODE_RANK / MASTER_ADDR for several nodes)
 NPROC       ?= 1
@@ -43,7 +46,8 @@ LAUNCH      := $(BIN)/torchrun --nproc-per-node $(NPROC) --nnodes $(NNODES) --no
                --master-addr $(MASTER_ADDR) --master-port $(MASTER_PORT) -m stbava
 endif
 
-.PHONY: setup demo test bench lint extract-features train-fusion finetune-adapters eval predict check-data clean
+.PHONY: setup demo test bench lint extract-features train-fusion finetune-adapters eval predict experiment \
+        check-data clean
 
 setup: $(VENV)/.installed
 
@@ -88,6 +92,12 @@ eval: setup
 
 predict: setup
 	$(STBAVA) predict --checkpoint $(CKPT) --input $(VIDEO) --out $(PRED_OUT) --device $(DEVICE) $(EXTRA)
+
+# Every variant x seed of a spec (configs/experiments/) on one cache -> $(OUT)/results.md; re-run to continue.
+experiment: setup
+	$(STBAVA) experiment $(SPEC) --cache $(CACHE) --data-root $(DATA) --out $(OUT) --seeds $(SEEDS) --split $(SPLIT) \
+	  $(if $(wildcard $(SAM_CKPT)),--sam-checkpoint $(SAM_CKPT)) \
+	  $(if $(wildcard $(VGGISH_CKPT)),--vggish-checkpoint $(VGGISH_CKPT)) --device $(DEVICE) $(EXTRA)
 
 clean:
 	rm -rf $(DEMO_OUT) .pytest_cache

@@ -20,9 +20,10 @@ import dataclasses
 import json
 import logging
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from stbava.atomic import atomic_write_text
 from stbava.checkpoint import read_checkpoint
@@ -182,7 +183,7 @@ def run_experiment(spec_path: str | Path, cache: str | Path, data_root: str | Pa
             log.info("experiment run %d/%d: %s seed %d", len(runs) + 1, total, v.name, seed)
             try:
                 runs.append(run_one(spec, v, seed, ctx))
-            except Exception as e:  # noqa: BLE001 - a failed run is a row of the table, not the end of the others
+            except Exception as e:  # a failed run is a row of the table, not the end of the others
                 log.exception("run %s seed %d failed", v.name, seed)
                 run_dir = ctx.out / "runs" / v.name / f"seed{seed}"
                 runs.append(RunResult(v.name, seed, "failed", str(run_dir), error=f"{type(e).__name__}: {e}"))

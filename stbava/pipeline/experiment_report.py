@@ -12,8 +12,9 @@ from __future__ import annotations
 import io
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from stbava.atomic import atomic_write_bytes, atomic_write_text
 from stbava.pipeline.experiment_spec import Spec
@@ -87,31 +88,40 @@ def _params(p: Any) -> str:
     return f"{p:,}" if isinstance(p, int) else "–".join(f"{x:,}" for x in (p[0], p[-1]))
 
 
+def _table_row(cells: Sequence[str]) -> str:
+    return "| " + " | ".join(cells) + " |"
+
+
+def _main_row(r: dict[str, Any]) -> str:
+    time_s = pm(r["train_s"], 1.0, 1) + (" *" if r["resumed"] else "")
+    return _table_row([r["label"], pm(r["miou"], 100, 2), pm(r["fscore"], 1, 3), per_seed(r["miou"], 100, 2),
+                       per_seed(r["fscore"], 1, 3), _params(r["trainable_params"]), time_s, _status(r)])
+
+
+def _shuffled_control(full: dict[str, Any]) -> list[str]:
+    intro = (f"Shuffled-audio control: the `{full['name']}` checkpoints scored with each clip given another "
+             "clip's audio. A model that uses the audio drops here.")
+    rows = [_table_row([full["label"], audio, pm(full[f"{p}miou"], 100, 2), pm(full[f"{p}fscore"], 1, 3),
+                        per_seed(full[f"{p}miou"], 100, 2)]) for audio, p in (("own", ""), ("shuffled", "shuffled_"))]
+    return ["", intro, "", _table_row(["variant", "audio", "mIoU (%)", "F-score", "mIoU per seed"]),
+            "|---|---|---|---|---|", *rows]
+
+
 def markdown(summary: dict[str, Any]) -> str:
     """results.md: the main table, the shuffled-audio control of the full model, notes."""
     seeds = ", ".join(str(s) for s in summary["seeds"])
-    lines = [f"# {summary['title']}", "",
-             f"Split `{summary['split']}`, seeds {seeds}. Mean ± sample std (ddof=1) over the finished seeds "
-             f"({DASH} with one); mIoU in %, F-score in [0, 1], as in the thesis.", "",
-             "| variant | mIoU (%) | F-score | mIoU per seed | F-score per seed | trainable params | "
-             "train time (s) | runs |", "|---|---|---|---|---|---|---|---|"]
-    for r in summary["variants"]:
-        time_s = pm(r["train_s"], 1.0, 1) + (" *" if r["resumed"] else "")
-        lines.append(f"| {r['label']} | {pm(r['miou'], 100, 2)} | {pm(r['fscore'], 1, 3)} | "
-                     f"{per_seed(r['miou'], 100, 2)} | {per_seed(r['fscore'], 1, 3)} | "
-                     f"{_params(r['trainable_params'])} | {time_s} | {_status(r)} |")
+    intro = (f"Split `{summary['split']}`, seeds {seeds}. Mean ± sample std (ddof=1) over the finished seeds "
+             f"({DASH} with one); mIoU in %, F-score in [0, 1], as in the thesis.")
+    header = ["variant", "mIoU (%)", "F-score", "mIoU per seed", "F-score per seed", "trainable params",
+              "train time (s)", "runs"]
+    lines = [f"# {summary['title']}", "", intro, "", _table_row(header), "|---" * len(header) + "|"]
+    lines += [_main_row(r) for r in summary["variants"]]
     full = next((r for r in summary["variants"] if r["name"] == summary["full"]), None)
     if full is not None:
-        lines += ["", f"Shuffled-audio control: the `{full['name']}` checkpoints scored with each clip given "
-                  "another clip's audio. A model that uses the audio drops here.", "",
-                  "| variant | audio | mIoU (%) | F-score | mIoU per seed |", "|---|---|---|---|---|",
-                  f"| {full['label']} | own | {pm(full['miou'], 100, 2)} | {pm(full['fscore'], 1, 3)} | "
-                  f"{per_seed(full['miou'], 100, 2)} |",
-                  f"| {full['label']} | shuffled | {pm(full['shuffled_miou'], 100, 2)} | "
-                  f"{pm(full['shuffled_fscore'], 1, 3)} | {per_seed(full['shuffled_miou'], 100, 2)} |"]
+        lines += _shuffled_control(full)
     if any(r["resumed"] for r in summary["variants"]):
-        lines += ["", "\\* some runs resumed after an interruption: their train time counts only the part "
-                  "after the resume."]
+        lines += ["", ("\\* some runs resumed after an interruption: their train time counts only the part after "
+                       "the resume.")]
     if summary.get("plot"):
         lines += ["", f"![{summary['sweep_key']} sweep]({summary['plot']['file']})"]
     return "\n".join(lines) + "\n"

@@ -26,9 +26,10 @@ then ``finetune-adapters`` from its best.pt with these overrides on top.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import yaml
 
