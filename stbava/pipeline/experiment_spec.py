@@ -25,6 +25,7 @@ then ``finetune-adapters`` from its best.pt with these overrides on top.
 
 from __future__ import annotations
 
+import copy
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -183,8 +184,6 @@ def load_spec(path: str | Path) -> Spec:
 def variant_overrides(spec: Spec, variant: Variant, seed: int, extra: Mapping[str, Any] | None = None
                       ) -> dict[str, Any]:
     """Nested overrides of one run: base <- variant <- ``extra`` (e.g. CLI checkpoints) <- ``train.seed``."""
-    import copy
-
     data = deep_update(copy.deepcopy(spec.base), copy.deepcopy(variant.overrides))
     deep_update(data, copy.deepcopy(dict(extra or {})))
     return deep_update(data, {"train": {"seed": seed}})
