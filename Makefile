@@ -33,6 +33,9 @@ DEMO_OUT    ?= demo_out
 EXTRA       ?=
 VIDEO       ?= my_video.mp4
 PRED_OUT    ?= predictions
+SPEC        ?= configs/experiments/table6_3.yaml
+OUT         ?= experiments/$(basename $(notdir $(SPEC)))
+SEEDS       ?= 0,1,2
 # Extraction records its weight files (sha256); train-fusion starts the decoder from the cache's SAM, and
 # finetune-adapters / eval / predict find and verify the recorded files themselves (--weights-dir $(WEIGHTS)).
 # torchrun: make train-fusion NPROC=4  (NNODES / NODE_RANK / MASTER_ADDR for several nodes)
@@ -48,7 +51,8 @@ LAUNCH      := $(BIN)/torchrun --nproc-per-node $(NPROC) --nnodes $(NNODES) --no
                --master-addr $(MASTER_ADDR) --master-port $(MASTER_PORT) -m stbava
 endif
 
-.PHONY: setup demo test bench lint extract-features train-fusion finetune-adapters eval predict check-data clean
+.PHONY: setup demo test bench lint extract-features train-fusion finetune-adapters eval predict experiment \
+        check-data clean
 
 setup: $(VENV)/.installed
 
@@ -94,6 +98,11 @@ eval: setup
 predict: setup
 	$(STBAVA) predict --checkpoint $(CKPT) --input $(VIDEO) --out $(PRED_OUT) --weights-dir $(WEIGHTS) --device $(DEVICE) \
 	  $(EXTRA)
+
+# Every variant x seed of a spec (configs/experiments/) on one cache -> $(OUT)/results.md; re-run to continue.
+experiment: setup
+	$(STBAVA) experiment $(SPEC) --cache $(CACHE) --data-root $(DATA) --out $(OUT) --seeds $(SEEDS) --split $(SPLIT) \
+	  --weights-dir $(WEIGHTS) --device $(DEVICE) $(EXTRA)
 
 clean:
 	rm -rf $(DEMO_OUT) .pytest_cache

@@ -1,0 +1,48 @@
+"""``stbava experiment``: a spec's variants x seeds on one cache -> results.json, results.md (+ sweep plot)."""
+
+from __future__ import annotations
+
+import click
+
+from stbava.cli.group import cli_errors, main
+from stbava.cli.weights import weight_options, weight_search
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``"0,1,2"`` -> ``[0, 1, 2]``."""
+    try:
+        return [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise click.BadParameter(f"seeds must be comma-separated integers, got {text!r}") from None
+
+
+@main.command("experiment")
+@click.argument("spec", type=click.Path(exists=True, dir_okay=False))
+@click.option("--cache", required=True, type=click.Path(exists=True), help="Stage-one cache every run trains on.")
+@click.option("--data-root", required=True, type=click.Path(exists=True, file_okay=False),
+              help="AVSBench root (masks; raw frames for stage-three variants).")
+@click.option("--out", required=True, type=click.Path(file_okay=False),
+              help="Runs go to OUT/runs/<variant>/seed<k>/, tables to OUT/results.{json,md}.")
+@click.option("--seeds", default="0,1,2", show_default=True, help="train.seed values, comma-separated.")
+@click.option("--split", type=click.Choice(["train", "val", "test"]), default="test", show_default=True)
+@weight_options
+@click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N")
+@click.option("--progress/--no-progress", default=True, show_default=True, help="tqdm bars per run.")
+def experiment_cmd(spec, cache, data_root, out, seeds, split, sam_checkpoint, vggish_checkpoint, vggish_pca,
+                   weights_dir, device, progress):
+    """Train every variant of SPEC (configs/experiments/*.yaml) for every seed, evaluate, tabulate.
+
+    Re-running continues: finished runs are skipped, interrupted ones resume from last.pt, failed ones are
+    retried (and reported with their error if they fail again).
+    """
+    from stbava.pipeline.experiment import run_experiment
+
+    with cli_errors():
+        results = run_experiment(spec, cache, data_root, out, seeds=parse_seeds(seeds), split=split,
+                                 device=device, progress=progress,
+                                 search=weight_search(sam_checkpoint, vggish_checkpoint, vggish_pca, weights_dir))
+    failed = sum(len(r["failed"]) for r in results["variants"])
+    done = sum(r["seeds_done"] for r in results["variants"])
+    click.echo(f"{done} runs done, {failed} failed; table: {out}/results.md")
+    if failed:
+        raise SystemExit(1)

@@ -1,0 +1,285 @@
+"""``stbava experiment`` on tiny synthetic data: the table, skipping, exact resume, failures, the sweep plot.
+
+Data: 2 train / 1 val / 2 test clips of 2 frames, tiny encoder; every run is 2 optimiser steps of depth 1.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import statistics
+import typing
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from click.testing import CliRunner
+from PIL import Image
+
+import stbava.pipeline.evaluate as evaluate_mod
+import stbava.pipeline.stage2 as stage2_mod
+import stbava.pipeline.stage3 as stage3_mod
+from stbava.cli import main
+from stbava.config import ConfigError, ModelConfig, load_config
+from stbava.data.synthetic import write_synthetic
+from stbava.pipeline.experiment import run_experiment
+from stbava.pipeline.experiment_report import mean_std, pm
+from stbava.pipeline.experiment_spec import load_spec, variant_config
+from stbava.pipeline.extract import run_extraction
+from stbava.pipeline.net import build_fusion_net
+from stbava.pipeline.train import Trainer
+
+ROOT = Path(__file__).resolve().parents[2]
+FRAMES = 2
+BASE = {"model.depth": 1, "train.epochs": 1, "train.batch_size": 1, "train.lr": 1.0e-3, "train.max_steps": 2,
+        "train.save_every_steps": 1}
+TABLE = {"title": "tiny table", "base": BASE, "full": "full",
+         "variants": [{"name": "full", "label": "Full"},
+                      {"name": "no_temporal", "label": "w/o temporal", "set": {"model.temporal": False}}]}
+
+
+def write_spec(path: Path, spec: dict) -> Path:
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """These runs are a few tiny steps each; on 2 shared cores, 2 torch threads spend most of their CPU spinning
+    (measured: ~7x the CPU time of 1 thread for the same run), so this module runs single-threaded."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("experiment")
+    write_synthetic(root / "data", "ms3", {"train": 2, "val": 1, "test": 2}, 1, frames=FRAMES)
+    run_extraction(root / "data", "ms3", root / "cache.zarr", "zarr", None, batch_size=2, device="cpu",
+                   progress=False, frames=FRAMES)
+    return {"root": root, "data": root / "data", "cache": root / "cache.zarr"}
+
+
+def _experiment(data, spec: Path, out: Path, seeds=(0, 1)) -> dict:
+    return run_experiment(spec, data["cache"], data["data"], out, seeds=seeds, device="cpu", progress=False)
+
+
+@pytest.fixture(scope="module")
+def table(data) -> dict:
+    """2 variants x 2 seeds through the real command, uninterrupted."""
+    spec = write_spec(data["root"] / "table.yaml", TABLE)
+    out = data["root"] / "A"
+    res = CliRunner().invoke(main, ["experiment", str(spec), "--cache", str(data["cache"]), "--data-root",
+                                    str(data["data"]), "--out", str(out), "--seeds", "0,1", "--device", "cpu",
+                                    "--no-progress"], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    assert "4 runs done, 0 failed" in res.output
+    return {"spec": spec, "out": out, "results": json.loads((out / "results.json").read_text())}
+
+
+def _row(results: dict, name: str) -> dict:
+    return next(r for r in results["variants"] if r["name"] == name)
+
+
+def _per_run(results: dict, key: str) -> dict[tuple[str, int], float]:
+    return {(r["variant"], r["seed"]): r[key] for v in results["variants"] for r in v["runs"]}
+
+
+def test_every_run_is_trained_evaluated_and_recorded(table):
+    res, out = table["results"], table["out"]
+    for name, temporal in (("full", True), ("no_temporal", False)):
+        row = _row(res, name)
+        assert row["seeds_done"] == 2 and not row["failed"]
+        for seed in (0, 1):
+            run = out / "runs" / name / f"seed{seed}"
+            asked = json.loads((run / "experiment.json").read_text())["config"]
+            assert asked["train"]["seed"] == seed and asked["model"]["temporal"] is temporal
+            assert yaml.safe_load((run / "config.yaml").read_text())["train"]["seed"] == seed
+            report = json.loads((run / "eval_test.json").read_text())
+            assert report["clips"] == 2 and report["split"] == "test"
+            assert _per_run(res, "miou")[(name, seed)] == report["miou"]
+            assert _per_run(res, "fscore")[(name, seed)] == report["fscore"]
+            assert (run / "eval_test_shuffled_audio.json").is_file() is (name == "full")
+        # stage two trains every parameter of the fusion model (the decoder PE is a buffer)
+        cfg = load_config(None, {"frames": FRAMES, "model": {"depth": 1, "temporal": temporal}})
+        assert row["trainable_params"] == sum(p.numel() for p in build_fusion_net(cfg).model.parameters())
+    full = _row(res, "full")
+    shuffled = json.loads((out / "runs/full/seed1/eval_test_shuffled_audio.json").read_text())
+    assert shuffled["shuffled_audio"] is True and full["shuffled_fscore"]["values"][1] == shuffled["fscore"]
+    assert _row(res, "no_temporal")["shuffled_miou"] is None
+
+
+def test_results_md_shows_mean_and_sample_std_of_the_seeds(table):
+    md = (table["out"] / "results.md").read_text()
+    for name, label in (("full", "Full"), ("no_temporal", "w/o temporal")):
+        runs = _row(table["results"], name)["runs"]
+        miou, f = [r["miou"] for r in runs], [r["fscore"] for r in runs]
+        line = next(ln for ln in md.splitlines() if ln.startswith(f"| {label} |"))
+        assert f"{statistics.mean(miou) * 100:.2f} ± {statistics.stdev(miou) * 100:.2f}" in line
+        assert f"{statistics.mean(f):.3f} ± {statistics.stdev(f):.3f}" in line
+        assert ", ".join(f"{v:.3f}" for v in f) in line and "2/2 done" in line
+    assert "| Full | shuffled |" in md
+
+
+def test_mean_std_convention():
+    mean, std = mean_std([0.5, 0.7])
+    assert mean == pytest.approx(0.6) and std == pytest.approx(math.sqrt(0.02))  # ((0.1^2)*2 / (2-1)) ** 0.5
+    assert mean_std([0.3]) == (0.3, None) and mean_std([]) == (None, None)
+    assert pm({"mean": 0.25, "std": None, "values": [0.25]}, 100, 2) == "25.00 ± —"
+
+
+def test_rerun_skips_finished_runs(table, monkeypatch):
+    ckpts = sorted(table["out"].glob("runs/*/seed*/*.pt"))
+    mtimes = {p: p.stat().st_mtime_ns for p in ckpts}
+    calls = []
+    monkeypatch.setattr(stage2_mod, "train_fusion", lambda *a, **k: calls.append("train"))
+    monkeypatch.setattr(evaluate_mod, "run_eval", lambda *a, **k: calls.append("eval"))
+    again = run_experiment(table["spec"], "unused-cache", "unused-root", table["out"], seeds=(0, 1), device="cpu",
+                           progress=False)
+    assert calls == [] and len(ckpts) == 8
+    assert {p: p.stat().st_mtime_ns for p in ckpts} == mtimes
+    assert all(r["skipped"] for v in again["variants"] for r in v["runs"])
+    assert _per_run(again, "miou") == _per_run(table["results"], "miou")
+    assert _per_run(again, "fscore") == _per_run(table["results"], "fscore")
+
+
+def test_killed_mid_run_then_rerun_gives_the_uninterrupted_table(data, table, tmp_path, monkeypatch):
+    out = tmp_path / "B"
+    shutil.copytree(table["out"] / "runs" / "full", out / "runs" / "full")  # finished by an earlier call
+    real_step, steps = Trainer.train_step, []
+
+    def killed_at_second_step(self, model, batch):
+        steps.append(1)
+        if len(steps) == 2:  # no_temporal seed 0: step 1 is done and saved (save_every_steps 1)
+            raise KeyboardInterrupt
+        return real_step(self, model, batch)
+
+    with monkeypatch.context() as m:
+        m.setattr(Trainer, "train_step", killed_at_second_step)
+        with pytest.raises(KeyboardInterrupt):
+            _experiment(data, table["spec"], out)
+    run = out / "runs" / "no_temporal" / "seed0"
+    assert torch.load(run / "last.pt", weights_only=True)["state"]["loop"]["step"] == 1
+    assert not (run / "result_test.json").exists()
+    steps.clear()
+    with monkeypatch.context() as m:
+        m.setattr(Trainer, "train_step", lambda self, model, batch: steps.append(1) or real_step(self, model, batch))
+        resumed = _experiment(data, table["spec"], out)
+    assert len(steps) == 1 + 2  # seed 0 continues from step 1 (not from scratch), seed 1 trains its 2 steps
+    for key in ("miou", "fscore", "trainable_params"):
+        assert _per_run(resumed, key) == _per_run(table["results"], key)
+    assert [r["resumed"] for r in _row(resumed, "no_temporal")["runs"]] == [True, False]
+    a = torch.load(table["out"] / "runs/no_temporal/seed0/last.pt", weights_only=True)["weights"]
+    b = torch.load(run / "last.pt", weights_only=True)["weights"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    loss = [json.loads(ln)["loss"] for ln in (run / "metrics.jsonl").read_text().splitlines()
+            if json.loads(ln)["kind"] == "step"]
+    ref = [json.loads(ln)["loss"] for ln in (table["out"] / "runs/no_temporal/seed0/metrics.jsonl").read_text()
+           .splitlines() if json.loads(ln)["kind"] == "step"]
+    assert loss == ref and len(loss) == 2
+
+
+def test_failing_variant_is_reported_and_the_sweep_is_plotted(data, tmp_path):
+    spec = write_spec(tmp_path / "sweep.yaml", {
+        "title": "tiny sweep", "base": BASE,
+        "variants": [{"name": "bad", "label": "bad heads", "set": {"model.num_heads": 7}}],  # 256 % 7 != 0
+        "sweep": {"key": "model.depth", "values": [1, 2]}})
+    out = tmp_path / "C"
+    res = CliRunner().invoke(main, ["experiment", str(spec), "--cache", str(data["cache"]), "--data-root",
+                                    str(data["data"]), "--out", str(out), "--seeds", "0", "--device", "cpu",
+                                    "--no-progress"])
+    assert res.exit_code == 1 and "2 runs done, 1 failed" in res.output
+    results = json.loads((out / "results.json").read_text())
+    bad = _row(results, "bad")
+    assert bad["seeds_done"] == 0 and "divisible by num_heads" in bad["failed"][0]["error"]
+    md = (out / "results.md").read_text()
+    bad_line = next(ln for ln in md.splitlines() if ln.startswith("| bad heads |"))
+    assert "seed 0 failed" in bad_line and "divisible by num_heads" in bad_line
+    depth_rows = [_row(results, "depth1"), _row(results, "depth2")]
+    assert [r["seeds_done"] for r in depth_rows] == [1, 1]
+    line = next(ln for ln in md.splitlines() if ln.startswith("| model.depth=2 |"))
+    assert f"{depth_rows[1]['miou']['values'][0] * 100:.2f} ± —" in line  # one seed: no spread
+    plot = results["plot"]
+    assert plot["miou"]["x"] == [1.0, 2.0] and plot["fscore"]["x"] == [1.0, 2.0]
+    assert plot["miou"]["y"] == [r["miou"]["values"][0] * 100 for r in depth_rows]
+    assert plot["fscore"]["y"] == [r["fscore"]["values"][0] for r in depth_rows]
+    with Image.open(out / plot["file"]) as img:
+        assert img.format == "PNG" and img.size == (800, 320)
+
+
+def test_finetune_variant_runs_stage_three_on_the_stage_two_checkpoint(data, tmp_path, monkeypatch):
+    calls: list[dict] = []
+
+    def fake_stage_three(init, data_root, run_dir, overrides, **kw):
+        calls.append({"init": Path(init), "run_dir": Path(run_dir), "overrides": overrides})
+        Path(run_dir).mkdir(parents=True)
+        shutil.copy(init, Path(run_dir) / "best.pt")  # stands in for the adapter checkpoint
+        return {"steps": 1}
+
+    monkeypatch.setattr(stage3_mod, "finetune_adapters", fake_stage_three)
+    spec = write_spec(tmp_path / "ft.yaml", {"base": BASE, "variants": [
+        {"name": "tuned", "finetune": {"train.lr": 0.5}}]})
+    _experiment(data, spec, tmp_path / "D", seeds=(3,))
+    run = tmp_path / "D" / "runs" / "tuned" / "seed3"
+    assert calls == [{"init": run / "best.pt", "run_dir": run / "adapters", "overrides": {"train": {"lr": 0.5}}}]
+    assert json.loads((run / "eval_test.json").read_text())["checkpoint"] == str(run / "adapters" / "best.pt")
+    assert set(json.loads((run / "train.json").read_text())) == {"fusion", "adapters"}
+    # killed after training, before the result was recorded: no stage trains again, only eval runs
+    (run / "result_test.json").unlink()
+    monkeypatch.setattr(stage2_mod, "train_fusion", lambda *a, **k: calls.append("stage two"))
+    again = _experiment(data, spec, tmp_path / "D", seeds=(3,))
+    assert len(calls) == 1 and _row(again, "tuned")["seeds_done"] == 1
+
+
+def test_a_run_folder_of_another_config_is_refused(data, table, tmp_path):
+    out = tmp_path / "E"
+    shutil.copytree(table["out"] / "runs" / "full" / "seed0", out / "runs" / "full" / "seed0")
+    changed = {**TABLE, "base": {**BASE, "train.lr": 0.01}, "variants": TABLE["variants"][:1]}
+    results = _experiment(data, write_spec(tmp_path / "changed.yaml", changed), out, seeds=(0,))
+    assert "holds a run of another config" in _row(results, "full")["failed"][0]["error"]
+
+
+def test_spec_errors(tmp_path):
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "b.yaml").write_text("model:\n  depth: 3\n")
+    (tmp_path / "configs" / "experiments").mkdir()
+    spec = write_spec(tmp_path / "configs" / "experiments" / "s.yaml",
+                      {"base": "configs/b.yaml", "variants": [{"name": "a", "set": {"train.lr": 0.5}}]})
+    loaded = load_spec(spec)  # the base is found in a folder above the spec
+    cfg = variant_config(loaded, loaded.variants[0], seed=4)
+    assert (cfg.model.depth, cfg.train.lr, cfg.train.seed) == (3, 0.5, 4)
+    bad = [({"variants": [{"name": "a", "sett": {}}]}, "unknown key"),
+           ({"variants": [{"name": "a"}, {"name": "a"}]}, "unique"),
+           ({"variants": [{"name": "a"}], "full": "b"}, "not a variant"),
+           ({"sweep": {"key": "model.depth", "values": ["x"]}}, "list of numbers"),
+           ({"base": "nowhere.yaml", "variants": [{"name": "a"}]}, "not found"),
+           ({}, "no variants")]
+    for data, match in bad:
+        with pytest.raises(ConfigError, match=match):
+            load_spec(write_spec(tmp_path / "bad.yaml", data))
+    typo = load_spec(write_spec(tmp_path / "typo.yaml", {"variants": [{"name": "a", "set": {"model.detph": 2}}]}))
+    with pytest.raises(ConfigError, match="unknown key 'detph'"):
+        variant_config(typo, typo.variants[0], 0)
+
+
+FUSION_CHOICES = {"stbava", "tpavi", "han", "cmran", "jca", "none"}
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs" / "experiments").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_specs_load(path):
+    """Structure and every variant's config are checked; model.fusion's string values are only checked against
+    the known choices while ModelConfig.fusion is still a boolean (another branch turns it into the string)."""
+    spec = load_spec(path)
+    fusion_is_str = typing.get_type_hints(ModelConfig)["fusion"] is str
+    for v in spec.variants:
+        fusion = v.overrides.get("model", {}).get("fusion")
+        if fusion is not None and not fusion_is_str:
+            assert fusion in FUSION_CHOICES
+            v.overrides["model"].pop("fusion")
+        assert variant_config(spec, v, seed=0).subset == "ms3"
+    name = path.name.removeprefix("demo_")
+    assert (path.parent / name).is_file() and (path.parent / f"demo_{name}").is_file()
