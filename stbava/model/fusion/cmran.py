@@ -16,14 +16,14 @@ Adaptation to SAM's ``[B,T,256,64,64]`` embeddings (the thesis does not say how 
 
 - Step 1 runs on the full SAM map with C = 256 in place of 512 (bottleneck C/2), unchanged otherwise. The
   published optional ``v_fc`` (Linear + ReLU + dropout on the map, "to adapt to different visual features")
-  is left out: a ReLU would discard the sign of SAM's embedding. The unused ``affine_video_guided_*`` layers and
-  the unused ``self_attn`` of ``DecoderLayer`` (created, never called) are left out too.
+  is left out: a ReLU would discard the sign of SAM's embedding. The unused ``affine_video_guided_*`` layers
+  and the unused ``self_attn`` of ``DecoderLayer`` (created, never called) are left out too.
 - Steps 2-3 run unchanged on the ``[B,T,C]`` sequences (d = C = 256 as published), attention over the T
   frames of one clip.
 - Back to the map, with CMRAN's own maps: the channel-attended map V_c plus the fused feature of step 3,
-  spread over the pixels by the audio-guided spatial attention s (rescaled to mean 1; the published tanh bounds
-  it to [e^-2, e^2]), post-norm: ``V = LN(V_c + HW * s * W_o f)``. dense = E + V (ST-BAVA's wiring); sparse = the
-  audio-query output of the cross-modal relation attention, twice.
+  spread over the pixels by the audio-guided spatial attention s (rescaled to mean 1; the published tanh
+  bounds it to [e^-2, e^2]), post-norm: ``V = LN(V_c + HW * s * W_o f)``. dense = E + V (ST-BAVA's wiring);
+  sparse = the audio-query output of the cross-modal relation attention, twice.
 """
 
 from __future__ import annotations
@@ -52,7 +52,8 @@ class AudioGuidedAttention(nn.Module):
         self.affine_audio_2 = nn.Linear(audio_dim, dim // 2)
         self.affine_v_s_att = nn.Linear(dim // 2, 1)
 
-    def forward(self, video: torch.Tensor, audio: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(self, video: torch.Tensor,
+                audio: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Audio-guided re-weighting of the map and its spatial pooling.
 
         Args:
@@ -78,7 +79,8 @@ class RelationLayer(nn.Module):
     ``q <- LN1(q + MHA(q, [m; q], [m; q]))``, ``q <- LN2(q + FFN(q))``, batch-first ``[B,T,d]``.
     """
 
-    def __init__(self, d_model: int, nhead: int = 4, dim_feedforward: int = 2048, dropout: float = 0.1) -> None:
+    def __init__(self, d_model: int, nhead: int = 4, dim_feedforward: int = 2048,
+                 dropout: float = 0.1) -> None:
         super().__init__()
         self.multihead_attn = nn.MultiheadAttention(d_model, nhead, dropout=dropout, batch_first=True)
         self.linear1 = nn.Linear(d_model, dim_feedforward)

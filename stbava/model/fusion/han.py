@@ -18,8 +18,8 @@ Adaptation to SAM's ``[B,T,256,64,64]`` embeddings (the thesis does not say how 
    (published: d 512, 1 head, FFN 512, dropout 0.1). Layers are chained (the published ``Encoder`` feeds
    every layer the original inputs, which only matters for depth > 1; it used depth 1).
 3. Back to the map: HAN's visual output v'_t re-weights and shifts its frame's map (FiLM: per-channel scale
-   and shift from a linear map of v'_t), post-norm like HAN's own residuals: ``V = LN(E * (1 + gamma) + beta)``.
-   dense = E + V (ST-BAVA's wiring); sparse = a' twice.
+   and shift from a linear map of v'_t), post-norm like HAN's own residuals:
+   ``V = LN(E * (1 + gamma) + beta)``. dense = E + V (ST-BAVA's wiring); sparse = a' twice.
 
 Attention runs inside each clip (batch-first ``[B,T,C]``), so clips never mix.
 """
@@ -40,7 +40,8 @@ class HANLayer(nn.Module):
         dropout: on the attention weights and on each residual branch (0.1 as published).
     """
 
-    def __init__(self, d_model: int, nhead: int = 1, dim_feedforward: int = 512, dropout: float = 0.1) -> None:
+    def __init__(self, d_model: int, nhead: int = 1, dim_feedforward: int = 512,
+                 dropout: float = 0.1) -> None:
         super().__init__()
         self.self_attn = nn.MultiheadAttention(d_model, nhead, dropout=dropout, batch_first=True)
         self.cm_attn = nn.MultiheadAttention(d_model, nhead, dropout=dropout, batch_first=True)
@@ -77,7 +78,8 @@ class HANFusion(nn.Module):
         self.fc_a = nn.Linear(audio_dim, embed_dim)
         self.pool_score = nn.Linear(embed_dim, 1, bias=False)  # a bias would cancel in the softmax
         self.fc_v = nn.Linear(embed_dim, embed_dim)
-        self.layers = nn.ModuleList(HANLayer(embed_dim, heads, dim_feedforward, dropout) for _ in range(depth))
+        self.layers = nn.ModuleList(HANLayer(embed_dim, heads, dim_feedforward, dropout)
+                                    for _ in range(depth))
         self.film = nn.Linear(embed_dim, 2 * embed_dim)
         self.map_norm = nn.LayerNorm(embed_dim)
 

@@ -65,9 +65,10 @@ class JointCrossAttention(nn.Module):
         return w_h(h).transpose(1, 2) + x
 
     def forward(self, x_a: torch.Tensor, x_v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``x_a, x_v`` ``[B,L,d_h]`` encoded audio and visual -> attended ``(X_att_a, X_att_v)``, same shapes."""
+        """``x_a, x_v`` ``[B,L,d_h]`` encoded audio, visual -> attended ``(X_att_a, X_att_v)``, same shape."""
         if x_a.shape[1] != self.frames:
-            raise ValueError(f"this JCA module was built for {self.frames} frames per clip, got {x_a.shape[1]} "
+            raise ValueError(f"this JCA module was built for {self.frames} frames per clip, "
+                             f"got {x_a.shape[1]} "
                              "(its weights act along time; build it with frames=T)")
         joint_t = torch.cat([x_a, x_v], dim=-1).transpose(1, 2)  # J^T: [B,d,L]
         att_a = self._attend(x_a, joint_t, self.affine_a, self.W_a, self.W_ca, self.W_ha)

@@ -108,8 +108,9 @@ class TPAVIFusion(nn.Module):
     - Batch norm and batch independence: in training mode BatchNorm3d takes statistics over the whole batch,
       which would mix clips. The block is therefore run one clip at a time in training, i.e. exactly the
       published computation with one clip per batch (statistics over that clip's T*H*W positions; running
-      statistics are updated once per clip). In eval mode BN uses running statistics and the batch runs at once.
-      As published, ``W_z.0.bias`` sits right before that BN, so in training it receives (numerically) no gradient.
+      statistics are updated once per clip). In eval mode BN uses running statistics and the batch runs at
+      once. As published, ``W_z.0.bias`` sits right before that BN, so in training it receives (numerically)
+      no gradient.
 
     Args:
         embed_dim, audio_dim, grid: the fusion contract (``stbava.model.fusion``).

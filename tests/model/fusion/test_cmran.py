@@ -119,7 +119,8 @@ def test_encoder_and_relation_layers_equal_published():
     enc.load_state_dict(enc_lit.state_dict(), strict=True)
     dec = RelationLayer(D, HEADS, FFN).eval()
     missing, unexpected = dec.load_state_dict(dec_lit.state_dict(), strict=False)
-    assert missing == [] and set(unexpected) == {k for k in dec_lit.state_dict() if k.startswith("self_attn.")}
+    unused = {k for k in dec_lit.state_dict() if k.startswith("self_attn.")}
+    assert missing == [] and set(unexpected) == unused
     q, m = torch.randn(2, 5, D, generator=_gen(5)), torch.randn(2, 5, D, generator=_gen(6))
     with torch.no_grad():
         torch.testing.assert_close(enc(q), enc_lit(q.transpose(0, 1)).transpose(0, 1), rtol=1e-5, atol=1e-5)
@@ -171,5 +172,6 @@ def test_fusion_equals_the_adaptation_built_from_published_pieces():
         spread = 16 * s[..., None] * (fused @ model.map_proj.weight.T + model.map_proj.bias)[:, :, None]
         ln = model.map_norm
         v = F.layer_norm(v_c + spread, (D,), ln.weight, ln.bias, ln.eps)
-    torch.testing.assert_close(out.dense, image + v.transpose(2, 3).reshape(image.shape), rtol=1e-5, atol=1e-5)
+    dense = image + v.transpose(2, 3).reshape(image.shape)
+    torch.testing.assert_close(out.dense, dense, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(out.sparse, torch.stack([a_q, a_q], dim=2), rtol=1e-5, atol=1e-5)

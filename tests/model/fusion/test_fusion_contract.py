@@ -90,12 +90,13 @@ def test_gradient_reaches_every_parameter(name):
     loss.backward()
     params = list(m.named_parameters())
     assert params and all(p.requires_grad for _, p in params)
-    dead = [n for n, p in params if p.grad is None or not torch.isfinite(p.grad).all() or p.grad.abs().max() < 1e-9]
+    dead = [n for n, p in params
+            if p.grad is None or not torch.isfinite(p.grad).all() or p.grad.abs().max() < 1e-9]
     assert not dead, f"no gradient for {dead}"
 
 
 def _task(seed: int = 3) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Synthetic task: dense must become E + an audio-dependent, spatially varying pattern; sparse a projection."""
+    """Synthetic task: dense must become E + an audio-dependent, spatially varying pattern; sparse a code."""
     g = torch.Generator().manual_seed(seed)
     image, audio = torch.randn(4, T, C, G, G, generator=g), torch.rand(4, T, A, generator=g) * 2
     proj = torch.randn(A, C, generator=g) / A ** 0.5
@@ -165,9 +166,10 @@ def _ffn_layer(ffn: int) -> int:  # post-norm attention + FFN layer: MHA, 2 line
 
 HAND_COUNTS = {
     "tpavi": _lin(128, 256) + LN + 3 * _lin(256, 128) + _lin(128, 256) + 2 * 256,
-    "han": _lin(128, 256) + _lin(256, 1, False) + _lin(256, 256) + (MHA + _ffn_layer(512)) + _lin(256, 512) + LN,
-    "cmran": (_lin(256, 256) + _lin(128, 256) + _lin(256, 128) + _lin(128, 256) + _lin(256, 128) + _lin(128, 128)
-              + _lin(128, 1))  # audio-guided attention
+    "han": _lin(128, 256) + _lin(256, 1, False) + _lin(256, 256) + (MHA + _ffn_layer(512))
+    + _lin(256, 512) + LN,
+    "cmran": (_lin(256, 256) + _lin(128, 256) + _lin(256, 128) + _lin(128, 256) + _lin(256, 128)
+              + _lin(128, 128) + _lin(128, 1))  # audio-guided attention
     + _lin(256, 256) + _lin(128, 256) + 4 * _ffn_layer(2048)  # temporal relation encoders
     + _lin(256, 256) + _lin(128, 256) + 2 * _ffn_layer(2048)  # cross-modal relation attention
     + MHA + LN + _lin(256, 256) + LN,  # audio-video interaction, map projection

@@ -105,5 +105,6 @@ def test_fusion_equals_the_adaptation_by_hand():
         pre = tokens * (1 + film[..., None, :32]) + film[..., None, 32:]
         fused = F.layer_norm(pre, (32,), model.map_norm.weight, model.map_norm.bias)
         token = F.linear(att_a, model.out_a.weight, model.out_a.bias)
-    torch.testing.assert_close(out.dense, image + fused.transpose(2, 3).reshape(image.shape), rtol=1e-5, atol=1e-5)
+    dense = image + fused.transpose(2, 3).reshape(image.shape)
+    torch.testing.assert_close(out.dense, dense, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(out.sparse, torch.stack([token, token], dim=2), rtol=1e-5, atol=1e-5)

@@ -1,4 +1,4 @@
-"""TPAVI: published layout and output (literal re-implementation below), linear-memory order, wrapper wiring."""
+"""TPAVI: published layout and output (literal re-implementation below), linear-memory order, wrapper."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from torch import nn
 
 from stbava.model.fusion import build_fusion
 from stbava.model.fusion.tpavi import TPAVI, TPAVIFusion
+
 
 class LiteralTPAVI(nn.Module):
     """AVSBench ``TPAVIModule(in_channels, mode='dot')`` (dimension 3, bn_layer), computed the published way.
@@ -23,7 +24,8 @@ class LiteralTPAVI(nn.Module):
         self.align_channel = nn.Linear(128, in_channels)
         self.norm_layer = nn.LayerNorm(in_channels)
         self.g = nn.Conv3d(in_channels, self.inter, kernel_size=1)
-        self.W_z = nn.Sequential(nn.Conv3d(self.inter, in_channels, kernel_size=1), nn.BatchNorm3d(in_channels))
+        self.W_z = nn.Sequential(nn.Conv3d(self.inter, in_channels, kernel_size=1),
+                                 nn.BatchNorm3d(in_channels))
         nn.init.constant_(self.W_z[1].weight, 0)
         nn.init.constant_(self.W_z[1].bias, 0)
         self.theta = nn.Conv3d(in_channels, self.inter, kernel_size=1)
@@ -68,7 +70,8 @@ def test_published_state_dict_loads_strictly_with_same_layout():
     ref_sd, mine_sd = ref.state_dict(), mine.state_dict()
     assert list(ref_sd) == list(mine_sd)
     assert {k: v.shape for k, v in ref_sd.items()} == {k: v.shape for k, v in mine_sd.items()}
-    assert [n for n, _ in mine.named_children()] == ["align_channel", "norm_layer", "g", "W_z", "theta", "phi"]
+    published = ["align_channel", "norm_layer", "g", "W_z", "theta", "phi"]
+    assert [n for n, _ in mine.named_children()] == published
     mine.load_state_dict(ref_sd, strict=True)
 
 
