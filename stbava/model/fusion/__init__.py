@@ -125,3 +125,4 @@ def token_pair(token: torch.Tensor) -> torch.Tensor:
 for _name, _target in {"tpavi": "tpavi:TPAVIFusion", "han": "han:HANFusion", "cmran": "cmran:CMRANFusion",
                        "jca": "jca:JCAFusion"}.items():
     register_lazy(_name, f"{__name__}.{_target}")
+del _name, _target

@@ -75,5 +75,6 @@ def test_importing_the_package_registers_without_importing_the_modules():
                  "print(sorted(f.FUSION_MODULES), "
                  "sorted(m for m in sys.modules if m.startswith('stbava.model.fusion.'))); "
                  f"print(all(f.build_fusion(n, grid=4).__class__ is "
-                 f"getattr(importlib.import_module('stbava.model.fusion.' + n), c) for n, c in {OURS!r}.items()))")
+                 "getattr(importlib.import_module('stbava.model.fusion.' + n), c) "
+                 f"for n, c in {OURS!r}.items()))")
     assert out.splitlines() == [f"{sorted(OURS)} []", "True"]
