@@ -27,11 +27,19 @@ class EncoderConfig:
     seed: int = 0  # seed of the random init used when no checkpoint is given
 
 
+# Registered fusion modules (stbava.model.fusion; a test keeps the two lists equal). The config is a leaf and
+# cannot import the model; names are checked here so a typo fails at load time, not at build time.
+FUSIONS = ("stbava", "tpavi", "han", "cmran", "jca", "none")
+# ST-BAVA's own switches and their defaults: the published modules have no such settings.
+STBAVA_SWITCHES = {"spatial_mode": "reference", "temporal": True, "bidirectional": True}
+
+
 @dataclass
 class ModelConfig:
-    """ST-BAVA fusion + SAM mask decoder (REFERENCE §4-§5)."""
+    """Fusion module + SAM mask decoder (REFERENCE §4-§5)."""
 
-    depth: int = 5  # number of ST-BAVA blocks (5 for S4, 7 for MS3)
+    fusion: str = "stbava"  # stbava | tpavi | han | cmran | jca | none (none = decoder-only "SAM baseline")
+    depth: int = 5  # number of ST-BAVA blocks (5 for S4, 7 for MS3); only stbava has a depth
     embed_dim: int = 256  # SAM prompt / embedding width
     num_heads: int = 8
     mlp_dim: int = 256  # hidden width of the per-block MLPs (published code: 256)
@@ -39,8 +47,7 @@ class ModelConfig:
     spatial_mode: str = "reference"  # reference (published code, §4.3) | paper (§4.5)
     temporal: bool = True  # ablation: False drops the temporal attention steps
     bidirectional: bool = True  # ablation: False keeps only the audio-to-visual direction
-    fusion: bool = True  # ablation: False = decoder-only "SAM baseline"
-    center_audio: bool = True  # stage-two init: projection bias centres the mean train audio (see AVSModel)
+    center_audio: bool = True  # stage-two init of stbava/none's normalised audio projection (see AVSModel)
     mask_size: int = 224  # output logits resolution (AVSBench masks are 224x224)
     adapters: bool = False  # stage three: audio adapters inside the image encoder
     adapter_hidden: int = 512  # adapter hidden width (published: 512)
@@ -127,9 +134,21 @@ def _merge(obj: Any, data: Mapping[str, Any], where: str) -> Any:
     return dataclasses.replace(obj, **updates)
 
 
+def upgrade_legacy(data: Mapping[str, Any]) -> Mapping[str, Any]:
+    """Map settings of earlier versions to today's: the one place where old configs and checkpoints change.
+
+    ``model.fusion`` was a boolean (true = ST-BAVA, false = the decoder-only baseline); it is now the name
+    of the fusion module, so ``true`` -> ``stbava`` and ``false`` -> ``none``.
+    """
+    model = data.get("model")
+    if isinstance(model, Mapping) and isinstance(model.get("fusion"), bool):
+        return {**data, "model": {**model, "fusion": "stbava" if model["fusion"] else "none"}}
+    return data
+
+
 def config_from_dict(data: Mapping[str, Any], base: Config | None = None) -> Config:
-    """Apply a nested mapping of overrides to ``base`` (defaults when None)."""
-    cfg = _merge(base or Config(), data, "config")
+    """Apply a nested mapping of overrides to ``base`` (defaults when None); legacy values are upgraded."""
+    cfg = _merge(base or Config(), upgrade_legacy(data), "config")
     validate(cfg)
     return cfg
 
@@ -182,7 +201,25 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"encoder.name must be vit_h|vit_l|vit_b|tiny, got {cfg.encoder.name!r}")
     if cfg.model.spatial_mode not in ("reference", "paper"):
         raise ConfigError(f"model.spatial_mode must be reference|paper, got {cfg.model.spatial_mode!r}")
+    _validate_fusion(cfg.model)
     if cfg.model.depth < 0 or cfg.frames < 1:
         raise ConfigError("model.depth must be >= 0 and frames >= 1")
     if cfg.train.amp not in ("auto", "bf16", "off"):
         raise ConfigError(f"train.amp must be auto|bf16|off, got {cfg.train.amp!r}")
+
+
+def _validate_fusion(m: ModelConfig) -> None:
+    """A known fusion name, and ST-BAVA's ablation switches only where they mean something.
+
+    The published modules (tpavi, han, cmran, jca) have no spatial mode, temporal or bidirectional switch;
+    setting one for them would record an ablation that never ran. ``none`` ignores them, as the former
+    ``model.fusion: false`` did (so its old checkpoints still load).
+    """
+    if m.fusion not in FUSIONS:
+        raise ConfigError(f"model.fusion must be one of {'|'.join(FUSIONS)}, got {m.fusion!r}")
+    if m.fusion in ("stbava", "none"):
+        return
+    changed = [f"model.{k}={getattr(m, k)!r}" for k, v in STBAVA_SWITCHES.items() if getattr(m, k) != v]
+    if changed:
+        raise ConfigError(f"{', '.join(changed)}: ST-BAVA ablation switches, but model.fusion is {m.fusion!r}; "
+                          "drop them (--no-temporal, --no-bidirectional, --spatial-mode) or use --fusion stbava")

@@ -20,6 +20,7 @@ from stbava.cache.reader import CacheReader
 from stbava.config import Config
 from stbava.data.clips import Clip, DataError, load_train_val
 from stbava.device import resolve_device
+from stbava.model.avs_model import FUSION_PARAM_PREFIXES
 from stbava.pipeline.distributed import dist_info
 from stbava.pipeline.net import Net, build_fusion_net
 from stbava.pipeline.resident import ResidentClips
@@ -28,7 +29,8 @@ from stbava.pipeline.train import fit, trainable_predicate
 
 log = logging.getLogger(__name__)
 
-FUSION_PREFIXES = ("model.audio_embed_layer", "model.layers", "model.mask_decoder")
+# Trainable in stage two: every fusion module's parameters (wherever AVSModel keeps them) and the decoder.
+FUSION_PREFIXES = (*(f"model.{p}" for p in FUSION_PARAM_PREFIXES), "model.mask_decoder")
 
 
 def config_for_cache(cfg: Config, fingerprint: dict[str, Any]) -> Config:
@@ -55,7 +57,8 @@ def sam_decoder_init(path: str | None) -> dict[str, torch.Tensor] | None:
 
 
 def initial_fusion_net(cfg: Config, reader: CacheReader, train_clips: list[Clip]) -> Net:
-    """The net stage two starts from: SAM decoder weights if configured, audio projection centred on the train audio."""
+    """The net stage two starts from: SAM decoder weights if configured, audio projection centred on the train audio
+    (ST-BAVA and ``none``; the published modules have no normalised projection and start as published)."""
     mean_audio = mean_train_audio(reader, train_clips) if cfg.model.center_audio else None
     return build_fusion_net(cfg, sam_decoder_init(cfg.encoder.sam_checkpoint), mean_audio)
 

@@ -31,7 +31,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from stbava.model.fusion import FusionPrompts, check_inputs, token_pair
+from stbava.model.fusion.registry import FusionPrompts, check_inputs, register_fusion, token_pair
 
 
 class AudioGuidedAttention(nn.Module):
@@ -98,6 +98,7 @@ class RelationLayer(nn.Module):
         return self.norm2(tgt + self.dropout2(self.linear2(self.dropout(torch.relu(self.linear1(tgt))))))
 
 
+@register_fusion("cmran")
 class CMRANFusion(nn.Module):
     """Registered ``cmran`` (module docstring): AGA on the map, temporal + cross-modal relations, map update.
 
@@ -140,8 +141,12 @@ class CMRANFusion(nn.Module):
         fused = self.av_norm(g + self.av_dropout(self.av_inter(g, memory, memory, need_weights=False)[0]))
         return a_q, fused
 
-    def forward(self, image: torch.Tensor, audio: torch.Tensor) -> FusionPrompts:
-        """``image [B,T,C,h,w]``, ``audio [B,T,audio_dim]`` -> dense ``[B,T,C,h,w]``, sparse ``[B,T,2,C]``."""
+    def forward(self, image: torch.Tensor, audio: torch.Tensor,
+                image_pe: torch.Tensor | None = None) -> FusionPrompts:
+        """``image [B,T,C,h,w]``, ``audio [B,T,audio_dim]`` -> dense ``[B,T,C,h,w]``, sparse ``[B,T,2,C]``.
+
+        ``image_pe`` (SAM's dense PE) is not used: the published module has no positional encoding.
+        """
         image, audio = check_inputs(image, audio, embed_dim=self.embed_dim, audio_dim=self.audio_dim,
                                     grid=self.grid, dtype=self.map_proj.weight.dtype)
         tokens = image.flatten(3).transpose(2, 3)  # [B,T,HW,C]

@@ -29,7 +29,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from stbava.model.fusion import FusionPrompts, check_inputs, token_pair
+from stbava.model.fusion.registry import FusionPrompts, check_inputs, register_fusion, token_pair
 
 
 class HANLayer(nn.Module):
@@ -62,6 +62,7 @@ class HANLayer(nn.Module):
         return self.norm2(q + self.dropout2(self.linear2(self.dropout(torch.relu(self.linear1(q))))))
 
 
+@register_fusion("han")
 class HANFusion(nn.Module):
     """Registered ``han``: pooled visual tokens, HAN in both directions, FiLM of the map (module docstring).
 
@@ -83,8 +84,12 @@ class HANFusion(nn.Module):
         self.film = nn.Linear(embed_dim, 2 * embed_dim)
         self.map_norm = nn.LayerNorm(embed_dim)
 
-    def forward(self, image: torch.Tensor, audio: torch.Tensor) -> FusionPrompts:
-        """``image [B,T,C,h,w]``, ``audio [B,T,audio_dim]`` -> dense ``[B,T,C,h,w]``, sparse ``[B,T,2,C]``."""
+    def forward(self, image: torch.Tensor, audio: torch.Tensor,
+                image_pe: torch.Tensor | None = None) -> FusionPrompts:
+        """``image [B,T,C,h,w]``, ``audio [B,T,audio_dim]`` -> dense ``[B,T,C,h,w]``, sparse ``[B,T,2,C]``.
+
+        ``image_pe`` (SAM's dense PE) is not used: the published module has no positional encoding.
+        """
         image, audio = check_inputs(image, audio, embed_dim=self.embed_dim, audio_dim=self.audio_dim,
                                     grid=self.grid, dtype=self.fc_a.weight.dtype)
         tokens = image.flatten(3).transpose(2, 3)  # [B,T,HW,C]

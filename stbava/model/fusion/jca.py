@@ -31,7 +31,7 @@ import math
 import torch
 from torch import nn
 
-from stbava.model.fusion import FusionPrompts, check_inputs, token_pair
+from stbava.model.fusion.registry import FusionPrompts, check_inputs, register_fusion, token_pair
 
 
 class JointCrossAttention(nn.Module):
@@ -76,6 +76,7 @@ class JointCrossAttention(nn.Module):
         return att_a, att_v
 
 
+@register_fusion("jca")
 class JCAFusion(nn.Module):
     """Registered ``jca``: pooled visual features, joint cross-attention, FiLM of the map (module docstring).
 
@@ -99,8 +100,12 @@ class JCAFusion(nn.Module):
         self.out_v = nn.Linear(hidden, 2 * embed_dim)
         self.map_norm = nn.LayerNorm(embed_dim)
 
-    def forward(self, image: torch.Tensor, audio: torch.Tensor) -> FusionPrompts:
-        """``image [B,T,C,h,w]``, ``audio [B,T,audio_dim]`` -> dense ``[B,T,C,h,w]``, sparse ``[B,T,2,C]``."""
+    def forward(self, image: torch.Tensor, audio: torch.Tensor,
+                image_pe: torch.Tensor | None = None) -> FusionPrompts:
+        """``image [B,T,C,h,w]``, ``audio [B,T,audio_dim]`` -> dense ``[B,T,C,h,w]``, sparse ``[B,T,2,C]``.
+
+        ``image_pe`` (SAM's dense PE) is not used: the published module has no positional encoding.
+        """
         image, audio = check_inputs(image, audio, embed_dim=self.embed_dim, audio_dim=self.audio_dim,
                                     grid=self.grid, dtype=self.encoder1.weight.dtype)
         tokens = image.flatten(3).transpose(2, 3)  # [B,T,HW,C]

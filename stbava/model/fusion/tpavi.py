@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from stbava.model.fusion import FusionPrompts, check_inputs, token_pair
+from stbava.model.fusion.registry import FusionPrompts, check_inputs, register_fusion, token_pair
 
 
 class TPAVI(nn.Module):
@@ -95,6 +95,7 @@ class TPAVI(nn.Module):
         return z, audio_aligned
 
 
+@register_fusion("tpavi")
 class TPAVIFusion(nn.Module):
     """Registered ``tpavi``: one TPAVI block on SAM's embedding grid, wired like ST-BAVA.
 
@@ -123,8 +124,12 @@ class TPAVIFusion(nn.Module):
         self.embed_dim, self.audio_dim, self.grid = embed_dim, audio_dim, grid
         self.tpavi = TPAVI(embed_dim, inter_channels, audio_dim, bn_layer)
 
-    def forward(self, image: torch.Tensor, audio: torch.Tensor) -> FusionPrompts:
-        """``image [B,T,C,h,w]``, ``audio [B,T,audio_dim]`` -> dense ``[B,T,C,h,w]``, sparse ``[B,T,2,C]``."""
+    def forward(self, image: torch.Tensor, audio: torch.Tensor,
+                image_pe: torch.Tensor | None = None) -> FusionPrompts:
+        """``image [B,T,C,h,w]``, ``audio [B,T,audio_dim]`` -> dense ``[B,T,C,h,w]``, sparse ``[B,T,2,C]``.
+
+        ``image_pe`` (SAM's dense PE) is not used: the published module has no positional encoding.
+        """
         image, audio = check_inputs(image, audio, embed_dim=self.embed_dim, audio_dim=self.audio_dim,
                                     grid=self.grid, dtype=self.tpavi.align_channel.weight.dtype)
         x = image.transpose(1, 2)  # [B,C,T,h,w], the published layout

@@ -1,4 +1,4 @@
-"""The fusion registry: names, errors, registration from another file, lazy import without cycles."""
+"""The fusion registry: names, errors, registration from another file, registration on package import."""
 
 from __future__ import annotations
 
@@ -9,14 +9,17 @@ from pathlib import Path
 import pytest
 from torch import nn
 
-from stbava.model.fusion import FUSION_MODULES, build_fusion, list_fusions, register_fusion, register_lazy
+from stbava.config import FUSIONS
+from stbava.model.fusion import FUSION_MODULES, build_fusion, list_fusions, register_fusion
 
 ROOT = Path(__file__).resolve().parents[3]
-OURS = {"tpavi": "TPAVIFusion", "han": "HANFusion", "cmran": "CMRANFusion", "jca": "JCAFusion"}
+OURS = {"tpavi": "TPAVIFusion", "han": "HANFusion", "cmran": "CMRANFusion", "jca": "JCAFusion",
+        "stbava": "STBAVAFusion", "none": "NoFusion"}
 
 
-def test_the_four_modules_are_registered_and_build_their_classes():
-    assert set(OURS) <= set(list_fusions()) and list_fusions() == sorted(list_fusions())
+def test_the_six_modules_are_registered_and_build_their_classes():
+    assert set(OURS) == set(list_fusions()) and list_fusions() == sorted(list_fusions())
+    assert set(FUSIONS) == set(OURS)  # the config's list of names (a leaf, it cannot ask the registry)
     for name, cls in OURS.items():
         m = build_fusion(name, embed_dim=32, grid=4, **({"frames": 2} if name == "jca" else {}))
         assert type(m).__name__ == cls and type(m).__module__ == f"stbava.model.fusion.{name}"
@@ -55,26 +58,21 @@ def test_another_file_can_register_a_class_and_duplicates_fail(scratch_names):
         register_fusion("tpavi")(_Plain)
 
 
-def test_lazy_registration_imports_on_first_build(scratch_names):
-    register_lazy("test-lazy", "torch.nn:Identity")
-    assert "test-lazy" in list_fusions()
-    assert isinstance(build_fusion("test-lazy"), nn.Identity)
-    assert FUSION_MODULES["test-lazy"].__name__ == "build_test-lazy"
-
-
 def _fresh(code: str) -> str:
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                          env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}, check=True)
     return res.stdout.strip()
 
 
-def test_importing_the_package_registers_without_importing_the_modules():
-    """The package imports none of its submodules, so no cycle is possible: importing a submodule always runs
-    the package first, and the submodules import only the package. Then each submodule imports and builds."""
-    out = _fresh("import importlib, sys, stbava.model.fusion as f; "
-                 "print(sorted(f.FUSION_MODULES), "
-                 "sorted(m for m in sys.modules if m.startswith('stbava.model.fusion.'))); "
-                 f"print(all(f.build_fusion(n, grid=4).__class__ is "
-                 "getattr(importlib.import_module('stbava.model.fusion.' + n), c) "
+def test_importing_the_package_registers_every_module_and_the_registry_alone_imports_none():
+    """The package imports the registry and then each module file (each registers itself on import); the
+    registry imports no module file, so module files can import it without a cycle."""
+    out = _fresh("import sys, stbava.model.fusion as f; "
+                 "print(sorted(f.FUSION_MODULES)); "
+                 "print(sorted(m for m in sys.modules if m.startswith('stbava.model.fusion.'))); "
+                 f"print(all(type(f.build_fusion(n, grid=4, **({{'frames': 2}} if n == 'jca' else {{}}))).__name__ == c "
                  f"for n, c in {OURS!r}.items()))")
-    assert out.splitlines() == [f"{sorted(OURS)} []", "True"]
+    modules = sorted(f"stbava.model.fusion.{n}" for n in [*OURS, "registry"])
+    assert out.splitlines() == [str(sorted(OURS)), str(modules), "True"]
+    registry = (ROOT / "stbava/model/fusion/registry.py").read_text()
+    assert "import stbava.model.fusion." not in registry and "from stbava.model.fusion." not in registry
