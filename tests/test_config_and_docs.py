@@ -59,5 +59,5 @@ def test_fusion_is_a_module_name_and_the_former_boolean_still_loads(tmp_path):
     assert load_config(old).model.fusion == "none"
     assert load_config(None, parse_override("model.fusion=true")).model.fusion == "stbava"
     assert load_config(None, parse_override("model.fusion=han")).model.fusion == "han"
-    with pytest.raises(ConfigError, match="model.fusion must be one of stbava|tpavi"):
+    with pytest.raises(ConfigError, match=r"model.fusion must be one of stbava\|tpavi"):
         load_config(None, {"model": {"fusion": "bava2"}})

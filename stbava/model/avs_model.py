@@ -28,6 +28,14 @@ from stbava.model.fusion import FusionOutput, build_fusion
 FUSION_PARAM_PREFIXES = ("audio_embed_layer", "layers", "fusion")
 
 
+def upsample_logits(low_res: torch.Tensor, img_size: int, mask_size: int) -> torch.Tensor:
+    """``[N,K,4g,4g]`` decoder logits -> bilinear to img_size, then to mask_size, per channel, summed over the
+    K channels: ``[N,S,S]`` (the published two-step resize; K = 1 is one mask as it is)."""
+    x = F.interpolate(low_res, (img_size, img_size), mode="bilinear", align_corners=False)
+    x = F.interpolate(x, (mask_size, mask_size), mode="bilinear", align_corners=False)
+    return x.sum(dim=1)
+
+
 class AVSModel(nn.Module):
     """A registered fusion module, SAM's dense PE and SAM's mask decoder.
 
@@ -143,9 +151,7 @@ class AVSModel(nn.Module):
 
     def upsample(self, low_res: torch.Tensor) -> torch.Tensor:
         """``[N,3,4g,4g]`` -> bilinear to img_size, then to mask_size, per channel, summed: ``[N,S,S]``."""
-        x = F.interpolate(low_res, (self.img_size, self.img_size), mode="bilinear", align_corners=False)
-        x = F.interpolate(x, (self.mask_size, self.mask_size), mode="bilinear", align_corners=False)
-        return x.sum(dim=1)
+        return upsample_logits(low_res, self.img_size, self.mask_size)
 
     def forward(self, image_embeddings: torch.Tensor, audio_embeddings: torch.Tensor) -> torch.Tensor:
         """Segment the sounding objects of every frame.

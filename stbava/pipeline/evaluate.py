@@ -86,6 +86,11 @@ def evaluate_net(net: torch.nn.Module, ds: Dataset, device: torch.device, *, bat
     if dist.active:
         clips = MetricAccumulator.merged(dist.all_gather_objects(clips))  # type: ignore[arg-type]
         pooled = pooled.merged(dist.all_gather_objects(pooled))  # type: ignore[arg-type]
+    return eval_result(clips, pooled)
+
+
+def eval_result(clips: MetricAccumulator, pooled: PooledMetrics) -> EvalResult:
+    """The dataset result of per-clip metrics (one clip per metric batch) and their pooled counterpart."""
     per_clip = {str(k): {"iou": v[0], "fscore": v[1]} for k, v in sorted(clips.values.items())}  # type: ignore[type-var]
     return EvalResult(miou=clips.miou, fscore=clips.fscore, per_clip=per_clip,
                       pooled_miou=pooled.miou, pooled_fscore=pooled.fscore)
