@@ -29,11 +29,19 @@ class EncoderConfig:
     amp: str = "off"  # image encoder autocast at extraction: off (float32) | bf16 (CUDA only)
 
 
+# Registered fusion modules (stbava.model.fusion; a test keeps the two lists equal). The config is a leaf and
+# cannot import the model; names are checked here so a typo fails at load time, not at build time.
+FUSIONS = ("stbava", "tpavi", "han", "cmran", "jca", "none")
+# ST-BAVA's own switches and their defaults: the published modules have no such settings.
+STBAVA_SWITCHES = {"spatial_mode": "reference", "temporal": True, "bidirectional": True}
+
+
 @dataclass
 class ModelConfig:
-    """ST-BAVA fusion + SAM mask decoder (REFERENCE §4-§5)."""
+    """Fusion module + SAM mask decoder (REFERENCE §4-§5)."""
 
-    depth: int = 5  # number of ST-BAVA blocks (5 for S4, 7 for MS3)
+    fusion: str = "stbava"  # stbava | tpavi | han | cmran | jca | none (none = decoder-only "SAM baseline")
+    depth: int = 5  # number of ST-BAVA blocks (5 for S4, 7 for MS3); only stbava has a depth
     embed_dim: int = 256  # SAM prompt / embedding width
     num_heads: int = 8
     mlp_dim: int = 256  # hidden width of the per-block MLPs (published code: 256)
@@ -41,8 +49,7 @@ class ModelConfig:
     spatial_mode: str = "reference"  # reference (published code, §4.3) | paper (§4.5)
     temporal: bool = True  # ablation: False drops the temporal attention steps
     bidirectional: bool = True  # ablation: False keeps only the audio-to-visual direction
-    fusion: bool = True  # ablation: False = decoder-only "SAM baseline"
-    center_audio: bool = True  # stage-two init: projection bias centres the mean train audio (see AVSModel)
+    center_audio: bool = True  # stage-two init of stbava/none's normalised audio projection (see AVSModel)
     adapter_hidden: int = 512  # adapter hidden width (published: 512)
     adapter_zero_init: bool = True  # zero output layer: step 0 reproduces the stage-two model exactly
 
@@ -127,6 +134,18 @@ def _merge(obj: Any, data: Mapping[str, Any], where: str) -> Any:
     return dataclasses.replace(obj, **updates)
 
 
+def upgrade_legacy(data: Mapping[str, Any]) -> Mapping[str, Any]:
+    """Map settings of earlier versions to today's: the one place where old configs and checkpoints change.
+
+    ``model.fusion`` was a boolean (true = ST-BAVA, false = the decoder-only baseline); it is now the name
+    of the fusion module, so ``true`` -> ``stbava`` and ``false`` -> ``none``.
+    """
+    model = data.get("model")
+    if isinstance(model, Mapping) and isinstance(model.get("fusion"), bool):
+        return {**data, "model": {**model, "fusion": "stbava" if model["fusion"] else "none"}}
+    return data
+
+
 # Fields of older versions that no longer exist, dropped when an old checkpoint's or run's config is read:
 # model.mask_size (only 224 ever worked) and model.adapters (a stage-three checkpoint says so by its kind).
 REMOVED_FIELDS = {"model": ("mask_size", "adapters")}
@@ -145,8 +164,9 @@ def config_from_dict(data: Mapping[str, Any], base: Config | None = None, *, sav
 
     ``saved``: the mapping was written by an earlier stbava (a checkpoint's config); fields since removed
     are dropped instead of refused. A user's YAML file is never ``saved``: a removed field there is an error.
+    Legacy values are upgraded either way (:func:`upgrade_legacy`).
     """
-    cfg = _merge(base or Config(), _drop_removed(data) if saved else data, "config")
+    cfg = _merge(base or Config(), upgrade_legacy(_drop_removed(data) if saved else data), "config")
     validate(cfg)
     return cfg
 
@@ -199,9 +219,27 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"encoder.name must be vit_h|vit_l|vit_b|tiny, got {cfg.encoder.name!r}")
     if cfg.model.spatial_mode not in ("reference", "paper"):
         raise ConfigError(f"model.spatial_mode must be reference|paper, got {cfg.model.spatial_mode!r}")
+    _validate_fusion(cfg.model)
     if cfg.model.depth < 0 or cfg.frames < 1:
         raise ConfigError("model.depth must be >= 0 and frames >= 1")
     if cfg.encoder.amp not in ("off", "bf16"):
         raise ConfigError(f"encoder.amp must be off|bf16, got {cfg.encoder.amp!r}")
     if cfg.train.amp not in ("auto", "bf16", "off"):
         raise ConfigError(f"train.amp must be auto|bf16|off, got {cfg.train.amp!r}")
+
+
+def _validate_fusion(m: ModelConfig) -> None:
+    """A known fusion name, and ST-BAVA's ablation switches only where they mean something.
+
+    The published modules (tpavi, han, cmran, jca) have no spatial mode, temporal or bidirectional switch;
+    setting one for them would record an ablation that never ran. ``none`` ignores them, as the former
+    ``model.fusion: false`` did (so its old checkpoints still load).
+    """
+    if m.fusion not in FUSIONS:
+        raise ConfigError(f"model.fusion must be one of {'|'.join(FUSIONS)}, got {m.fusion!r}")
+    if m.fusion in ("stbava", "none"):
+        return
+    changed = [f"model.{k}={getattr(m, k)!r}" for k, v in STBAVA_SWITCHES.items() if getattr(m, k) != v]
+    if changed:
+        raise ConfigError(f"{', '.join(changed)}: ST-BAVA ablation switches, but model.fusion is {m.fusion!r}; "
+                          "drop them (--no-temporal, --no-bidirectional, --spatial-mode) or use --fusion stbava")

@@ -50,3 +50,14 @@ def test_readme_starts_with_the_two_commands():
     head = (ROOT / "README.md").read_text().splitlines()[:8]
     cmds = [ln.split("#")[0].strip() for ln in head if ln.startswith("make ")]
     assert cmds == ["make demo", "make test"]
+
+
+def test_fusion_is_a_module_name_and_the_former_boolean_still_loads(tmp_path):
+    assert load_config(None).model.fusion == "stbava"
+    old = tmp_path / "old.yaml"
+    old.write_text("model:\n  fusion: false\n")  # the former decoder-only switch
+    assert load_config(old).model.fusion == "none"
+    assert load_config(None, parse_override("model.fusion=true")).model.fusion == "stbava"
+    assert load_config(None, parse_override("model.fusion=han")).model.fusion == "han"
+    with pytest.raises(ConfigError, match=r"model.fusion must be one of stbava\|tpavi"):
+        load_config(None, {"model": {"fusion": "bava2"}})

@@ -8,6 +8,7 @@ import click
 
 from stbava.cli.group import cli_errors, main
 from stbava.cli.weights import weight_options, weight_search
+from stbava.config import FUSIONS
 
 
 def _train_overrides(epochs, batch_size, lr, depth, seed, max_steps, num_workers, spatial_mode, temporal,
@@ -51,7 +52,9 @@ def train_options(f):
         click.option("--spatial-mode", type=click.Choice(["reference", "paper"]), default=None),
         click.option("--temporal/--no-temporal", default=None, help="Ablation: temporal attention."),
         click.option("--bidirectional/--no-bidirectional", default=None, help="Ablation: audio<-visual updates."),
-        click.option("--fusion/--no-fusion", default=None, help="Ablation: --no-fusion = decoder-only baseline."),
+        click.option("--fusion", type=click.Choice(FUSIONS), default=None,
+                     help="Fusion module (thesis Table 6.2); none = decoder-only baseline. Default: the config's "
+                          "(stbava)."),
         click.option("--set", "sets", multiple=True, help="Any config field, e.g. --set train.amp=off."),
         click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N"),
         click.option("--resume/--no-resume", default=True, show_default=True, help="Continue from RUN_DIR/last.pt."),
@@ -74,7 +77,8 @@ def train_options(f):
 def train_fusion_cmd(cache, data_root, subset, sam_checkpoint, weights_dir, config_path, run_dir, epochs, batch_size,
                      lr, depth, seed, max_steps, num_workers, spatial_mode, temporal, bidirectional, fusion, sets,
                      device, resume):
-    """Stage two: train ST-BAVA + SAM's mask decoder on cached embeddings (never runs an encoder)."""
+    """Stage two: train a fusion module (ST-BAVA by default) + SAM's mask decoder on cached embeddings (never
+    runs an encoder)."""
     from stbava.cli.weights import weight_search
     from stbava.config import load_config
     from stbava.pipeline.stage2 import train_fusion

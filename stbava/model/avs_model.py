@@ -1,71 +1,102 @@
-"""ST-BAVA fusion + SAM's mask decoder: cached embeddings in, 224x224 mask logits out (REFERENCE §4-§5).
+"""A fusion module + SAM's mask decoder: cached embeddings in, 224x224 mask logits out (REFERENCE §4-§5).
 
 The model deals only in tensors: ``[B,T,256,h,w]`` SAM image embeddings and ``[B,T,128]`` VGGish vectors.
-SAM's ``MaskDecoder`` is used as is. It expects one image and B prompt sets (it repeats the image embedding
-per prompt set), so all B*T frames go through it in one call by passing a zero image embedding and the
-dense prompt ``E + V``: the decoder's ``src = 0 + (E + V)`` equals the published ``E + V`` exactly, without
-the published per-frame loop.
+The fusion module is chosen by name from :mod:`stbava.model.fusion` (ST-BAVA by default; ``none`` is the
+decoder-only baseline). SAM's ``MaskDecoder`` is used as is. It expects one image and B prompt sets (it
+repeats the image embedding per prompt set), so all B*T frames go through it in one call by passing a zero
+image embedding and the fusion's dense output ``E + V``: the decoder's ``src = 0 + (E + V)`` equals the
+published ``E + V`` exactly, without the published per-frame loop.
+
+State-dict layout: ``pe_layer.*`` and ``mask_decoder.*`` belong to this model; the fusion module's weights
+sit under ``fusion.*``, except for modules with ``flat_state_dict`` (ST-BAVA and ``none``), whose
+sub-modules are registered here directly, so the keys stay the published ``audio_embed_layer.*`` and
+``layers.*`` (official weights and earlier checkpoints load unchanged).
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from stbava import thirdparty
-from stbava.model.bava import BAVABlock
+from stbava.model.fusion import FusionOutput, build_fusion
+
+# Top-level names under which fusion parameters can live in an AVSModel (flat modules use the first two).
+FUSION_PARAM_PREFIXES = ("audio_embed_layer", "layers", "fusion")
 
 
-class FusionOutput(NamedTuple):
-    """Features before and after the ST-BAVA blocks (for the similarity figure).
-
-    V0, V: ``[B,T,HW,C]`` visual tokens (SAM embedding; fused dense prompt).
-    A0, A: ``[B,T,C]`` audio (L2-normalised projection; fused sparse token A_L + A0).
-    """
-
-    V0: torch.Tensor
-    A0: torch.Tensor
-    V: torch.Tensor
-    A: torch.Tensor
+def upsample_logits(low_res: torch.Tensor, img_size: int, mask_size: int) -> torch.Tensor:
+    """``[N,K,4g,4g]`` decoder logits -> bilinear to img_size, then to mask_size, per channel, summed over the
+    K channels: ``[N,S,S]`` (the published two-step resize; K = 1 is one mask as it is)."""
+    x = F.interpolate(low_res, (img_size, img_size), mode="bilinear", align_corners=False)
+    x = F.interpolate(x, (mask_size, mask_size), mode="bilinear", align_corners=False)
+    return x.sum(dim=1)
 
 
 class AVSModel(nn.Module):
-    """Audio projection, a stack of ST-BAVA blocks, SAM's dense PE and mask decoder.
+    """A registered fusion module, SAM's dense PE and SAM's mask decoder.
 
     Args:
+        fusion: registered fusion name (``stbava`` | ``tpavi`` | ``han`` | ``cmran`` | ``jca`` | ``none``).
         embed_dim: SAM prompt width C (256).
         grid: side of the image-embedding grid (64 for SAM ViTs, 16 for ``tiny``); inputs are checked.
         img_size: encoder input side; low-res masks are upsampled to it first, as published (1024 / 256).
         mask_size: side of the returned logits (224, the AVSBench mask size).
-        depth: number of ST-BAVA blocks (0 allowed: A0 + A0 sparse, E + E dense, as the published code).
-        heads, mlp_dim, attn_dropout, spatial_mode, temporal, bidirectional: see :class:`BAVABlock`.
-        fusion: False = decoder-only baseline: no blocks, sparse = A0 twice, dense = 0.
         audio_dim: VGGish width (128).
+        fusion_options: the module's own constructor keywords (ST-BAVA: ``depth``, ``heads``, ``mlp_dim``,
+            ``attn_dropout``, ``spatial_mode``, ``temporal``, ``bidirectional``; JCA: ``frames``).
     """
 
-    def __init__(self, *, embed_dim: int = 256, grid: int = 64, img_size: int = 1024, mask_size: int = 224,
-                 depth: int = 5, heads: int = 8, mlp_dim: int = 256, attn_dropout: float = 0.1,
-                 spatial_mode: str = "reference", temporal: bool = True, bidirectional: bool = True,
-                 fusion: bool = True, audio_dim: int = 128) -> None:
+    def __init__(self, *, fusion: str = "stbava", embed_dim: int = 256, grid: int = 64, img_size: int = 1024,
+                 mask_size: int = 224, audio_dim: int = 128, **fusion_options: Any) -> None:
         super().__init__()
         sam = thirdparty.sam_modeling()
         self.embed_dim, self.grid, self.img_size, self.mask_size = embed_dim, grid, img_size, mask_size
-        self.audio_dim = audio_dim
-        self.fusion = fusion
-        self.audio_embed_layer = nn.Linear(audio_dim, embed_dim)
-        self.layers = nn.ModuleList(
-            BAVABlock(embed_dim, heads, mlp_dim, attn_dropout, spatial_mode, temporal, bidirectional)
-            for _ in range(depth if fusion else 0)
-        )
+        self.audio_dim, self.fusion_name = audio_dim, fusion
+        self._attach_fusion(build_fusion(fusion, embed_dim=embed_dim, audio_dim=audio_dim, grid=grid,
+                                         **fusion_options))
         self.pe_layer = sam.prompt_encoder.PositionEmbeddingRandom(embed_dim // 2)
         self.mask_decoder = sam.MaskDecoder(
             num_multimask_outputs=3,
             transformer=sam.TwoWayTransformer(depth=2, embedding_dim=embed_dim, mlp_dim=2048, num_heads=8),
             transformer_dim=embed_dim, iou_head_depth=3, iou_head_hidden_dim=256,
         )
+
+    def _attach_fusion(self, module: nn.Module) -> None:
+        """Register ``module`` as ``fusion``, or, if it is flat, its sub-modules under their own names."""
+        if not getattr(module, "flat_state_dict", False):
+            self.fusion = module
+            return
+        if any(True for _ in module.parameters(recurse=False)) or any(True for _ in module.buffers(recurse=False)):
+            raise TypeError(f"{type(module).__name__} is flat_state_dict but holds tensors of its own; "
+                            "move them into sub-modules")
+        for name, child in module.named_children():
+            self.add_module(name, child)
+        object.__setattr__(self, "_flat_fusion", module)  # not a sub-module: its children are registered above
+
+    @property
+    def fusion_module(self) -> nn.Module:
+        """The fusion module (for flat modules the same sub-module objects this model registers)."""
+        flat = self.__dict__.get("_flat_fusion")
+        return flat if flat is not None else self._modules["fusion"]
+
+    def train(self, mode: bool = True) -> AVSModel:
+        """Also set the mode of a flat fusion module itself (its children follow through this model)."""
+        super().train(mode)
+        self.fusion_module.training = mode
+        return self
+
+    @property
+    def supports_center_audio(self) -> bool:
+        return hasattr(self.fusion_module, "center_audio")
+
+    @property
+    def supports_fuse(self) -> bool:
+        """Whether :meth:`fuse` (features for the similarity figure) exists for this fusion module."""
+        return hasattr(self.fusion_module, "fuse")
 
     @torch.no_grad()
     def center_audio_projection(self, mean_audio: torch.Tensor) -> None:
@@ -76,13 +107,19 @@ class AVSModel(nn.Module):
         the projection, so with a plain random init every A0 points almost the same way and the sound-specific
         part is a small remainder (on the demo data: +0.13 test mIoU with centring, README "Results"). Subtracting
         ``W @ mean`` from the bias, i.e. projecting ``x - mean`` (the architecture and parameter set are
-        unchanged), makes A0 encode how a sound differs from the average one.
+        unchanged), makes A0 encode how a sound differs from the average one. Only ST-BAVA and ``none`` have
+        such a normalised projection; the published modules take raw VGGish as published.
 
         Args:
             mean_audio: ``[audio_dim]`` mean VGGish vector of the training clips.
+
+        Raises:
+            TypeError: the fusion module has no ``center_audio`` (see :attr:`supports_center_audio`).
         """
-        w = self.audio_embed_layer.weight
-        self.audio_embed_layer.bias -= w @ mean_audio.to(w)
+        if not self.supports_center_audio:
+            raise TypeError(f"fusion {self.fusion_name!r} has no L2-normalised audio projection to centre; "
+                            "set model.center_audio=false")
+        self.fusion_module.center_audio(mean_audio)
 
     def _check(self, image: torch.Tensor, audio: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Shape checks + cast to the model dtype (cached image embeddings are float16)."""
@@ -94,33 +131,27 @@ class AVSModel(nn.Module):
         if tuple(audio.shape) != (b, t, self.audio_dim):
             raise ValueError(f"audio embeddings must be [B,T,{self.audio_dim}] = [{b},{t},{self.audio_dim}], "
                              f"got {tuple(audio.shape)}")
-        dtype = self.audio_embed_layer.weight.dtype
+        dtype = self.mask_decoder.iou_token.weight.dtype
         return image.to(dtype), audio.to(dtype)
 
     def dense_pe(self, dtype: torch.dtype) -> torch.Tensor:
         """SAM's random-Fourier PE of the grid, ``[1,C,g,g]``."""
         return self.pe_layer((self.grid, self.grid)).unsqueeze(0).to(dtype)
 
-    def _fuse(self, image: torch.Tensor, audio: torch.Tensor) -> FusionOutput:
-        v0 = image.flatten(3).transpose(-1, -2)  # [B,T,HW,C]
-        a0 = F.normalize(self.audio_embed_layer(audio), dim=-1).unsqueeze(2)  # [B,T,1,C], unit norm
-        if not self.fusion:
-            return FusionOutput(v0, a0.squeeze(2), v0, a0.squeeze(2))
-        v_pe = self.dense_pe(image.dtype).flatten(2).transpose(1, 2).unsqueeze(0)  # [1,1,HW,C]
-        v, a = v0, a0
-        for layer in self.layers:
-            v, a = layer(a, v, a0, v_pe)
-        return FusionOutput(v0, a0.squeeze(2), v, (a + a0).squeeze(2))
-
     def fuse(self, image_embeddings: torch.Tensor, audio_embeddings: torch.Tensor) -> FusionOutput:
-        """Run only the fusion part (see :class:`FusionOutput`); inputs as in :meth:`forward`."""
-        return self._fuse(*self._check(image_embeddings, audio_embeddings))
+        """Run only the fusion part (ST-BAVA: see :class:`FusionOutput`); inputs as in :meth:`forward`.
+
+        Raises:
+            TypeError: the fusion module does not expose its features (see :attr:`supports_fuse`).
+        """
+        if not self.supports_fuse:
+            raise TypeError(f"fusion {self.fusion_name!r} does not expose before/after features (only stbava)")
+        image, audio = self._check(image_embeddings, audio_embeddings)
+        return self.fusion_module.fuse(image, audio, self.dense_pe(image.dtype))
 
     def upsample(self, low_res: torch.Tensor) -> torch.Tensor:
         """``[N,3,4g,4g]`` -> bilinear to img_size, then to mask_size, per channel, summed: ``[N,S,S]``."""
-        x = F.interpolate(low_res, (self.img_size, self.img_size), mode="bilinear", align_corners=False)
-        x = F.interpolate(x, (self.mask_size, self.mask_size), mode="bilinear", align_corners=False)
-        return x.sum(dim=1)
+        return upsample_logits(low_res, self.img_size, self.mask_size)
 
     def forward(self, image_embeddings: torch.Tensor, audio_embeddings: torch.Tensor) -> torch.Tensor:
         """Segment the sounding objects of every frame.
@@ -134,15 +165,13 @@ class AVSModel(nn.Module):
         """
         image, audio = self._check(image_embeddings, audio_embeddings)
         b, t, c, h, w = image.shape
-        fo = self._fuse(image, audio)
-        # Published dense prompt = fused V (added to E inside the decoder); baseline dense prompt = 0.
-        dense = image + fo.V.transpose(-1, -2).reshape(b, t, c, h, w) if self.fusion else image
-        sparse = fo.A.reshape(b * t, 1, c).expand(b * t, 2, c)  # the fused audio as 2 identical tokens
+        pe = self.dense_pe(image.dtype)
+        prompts = self.fusion_module(image, audio, pe)
         low_res, _ = self.mask_decoder(
             image_embeddings=image.new_zeros(1, c, h, w),
-            image_pe=self.dense_pe(image.dtype),
-            sparse_prompt_embeddings=sparse,
-            dense_prompt_embeddings=dense.reshape(b * t, c, h, w),
+            image_pe=pe,
+            sparse_prompt_embeddings=prompts.sparse.reshape(b * t, -1, c),
+            dense_prompt_embeddings=prompts.dense.reshape(b * t, c, h, w),
             multimask_output=True,
         )
         return self.upsample(low_res).reshape(b, t, self.mask_size, self.mask_size)

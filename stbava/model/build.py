@@ -19,21 +19,34 @@ from stbava.thirdparty import SAM_PE_KEY
 PE_MODEL_KEY = "pe_layer.positional_encoding_gaussian_matrix"
 
 
+def fusion_options(cfg: Config) -> dict[str, Any]:
+    """The fusion module's own constructor keywords for ``cfg`` (``model.fusion`` picks the module).
+
+    ST-BAVA takes the block settings (``model.depth``, ``num_heads``, ``mlp_dim``, ``attn_dropout`` and the
+    ablation switches). The published modules are built with their published structure (TPAVI one block,
+    HAN one layer, CMRAN two encoder layers, JCA one joint cross-attention), so ``model.depth`` does not
+    apply to them (``config.validate`` refuses the ablation switches for them); JCA's time-axis weights
+    take the clip length ``frames``. ``none`` has no options.
+    """
+    m = cfg.model
+    if m.fusion == "stbava":
+        return {"depth": m.depth, "heads": m.num_heads, "mlp_dim": m.mlp_dim, "attn_dropout": m.attn_dropout,
+                "spatial_mode": m.spatial_mode, "temporal": m.temporal, "bidirectional": m.bidirectional}
+    if m.fusion == "jca":
+        return {"frames": cfg.frames}
+    return {}
+
+
 def model_kwargs(cfg: Config, *, grid: int, img_size: int) -> dict[str, Any]:
     """Flat :class:`AVSModel` constructor arguments for ``cfg`` on a ``grid`` x ``grid`` embedding.
 
     Args:
-        cfg: the run's config (``model`` section).
+        cfg: the run's config (``model`` section, and ``frames`` for JCA).
         grid: side of the image-embedding grid (64 for SAM ViTs, 16 for ``tiny``).
         img_size: the encoder's input side (1024 / 256); low-res masks are upsampled to it first.
     """
-    m = cfg.model
-    return {
-        "embed_dim": m.embed_dim, "grid": grid, "img_size": img_size,
-        "depth": m.depth, "heads": m.num_heads, "mlp_dim": m.mlp_dim,
-        "attn_dropout": m.attn_dropout, "spatial_mode": m.spatial_mode, "temporal": m.temporal,
-        "bidirectional": m.bidirectional, "fusion": m.fusion,
-    }
+    return {"fusion": cfg.model.fusion, "embed_dim": cfg.model.embed_dim, "grid": grid, "img_size": img_size,
+            **fusion_options(cfg)}
 
 
 def load_sam_decoder(model: AVSModel, sam_state: Mapping[str, torch.Tensor],
@@ -61,7 +74,8 @@ def load_sam_decoder(model: AVSModel, sam_state: Mapping[str, torch.Tensor],
 
 def build_model(cfg: Config, sam_state: Mapping[str, torch.Tensor] | None = None, *, grid: int,
                 img_size: int) -> AVSModel:
-    """Build the fusion model for ``cfg``; with ``sam_state`` the decoder and PE start from SAM.
+    """Build the model for ``cfg`` (fusion module ``cfg.model.fusion``); with ``sam_state`` the decoder and PE
+    start from SAM.
 
     Random parts use the global torch RNG (the caller seeds it; the training run records the seed).
     """

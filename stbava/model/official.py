@@ -51,9 +51,9 @@ def convert_official_state(sd: Mapping[str, torch.Tensor], cfg: Config, *, grid:
         CheckpointError: ablated config, or missing/unexpected/mis-shaped keys (all listed).
     """
     m = cfg.model
-    if not (m.fusion and m.temporal and m.bidirectional):
-        raise CheckpointError(f"{source}: the published model is the full ST-BAVA; set model.fusion, "
-                              "model.temporal and model.bidirectional to true to import it")
+    if not (m.fusion == "stbava" and m.temporal and m.bidirectional):
+        raise CheckpointError(f"{source}: the published model is the full ST-BAVA; set model.fusion to stbava "
+                              "and model.temporal and model.bidirectional to true to import it")
     with torch.device("meta"):  # only names and shapes are needed
         target = AVSModel(**model_kwargs(cfg, grid=grid, img_size=img_size))
     ours = {k: v for k, v in sd.items() if not k.startswith(IGNORED_PREFIXES)}

@@ -10,6 +10,7 @@ means are taken in clip-id order, so the result is exactly the single-process re
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -27,6 +28,8 @@ from stbava.encoders.weights import WeightSearch
 from stbava.metrics import MetricAccumulator, PooledMetrics
 from stbava.pipeline.distributed import dist_info
 from stbava.pipeline.sources import Batch, CachedClips, CachedSource, LiveSource, collate
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -84,6 +87,11 @@ def evaluate_net(net: torch.nn.Module, ds: Dataset, device: torch.device, *, bat
     if dist.active:
         clips = MetricAccumulator.merged(dist.all_gather_objects(clips))  # type: ignore[arg-type]
         pooled = pooled.merged(dist.all_gather_objects(pooled))  # type: ignore[arg-type]
+    return eval_result(clips, pooled)
+
+
+def eval_result(clips: MetricAccumulator, pooled: PooledMetrics) -> EvalResult:
+    """The dataset result of per-clip metrics (one clip per metric batch) and their pooled counterpart."""
     per_clip = {str(k): {"iou": v[0], "fscore": v[1]} for k, v in sorted(clips.values.items())}  # type: ignore[type-var]
     return EvalResult(miou=clips.miou, fscore=clips.fscore, per_clip=per_clip,
                       pooled_miou=pooled.miou, pooled_fscore=pooled.fscore)
@@ -144,8 +152,12 @@ def run_eval(checkpoint: str | Path, data_root: str | Path, split: str, out: str
                          checkpoint=str(payload["path"]), checkpoint_digest=file_sha256(payload["path"]),
                          checkpoint_kind=payload["kind"], cache=str(cache) if cache else None,
                          cache_fingerprint=fp, config=cfg.to_dict(), amp=amp)
-    if figures and isinstance(ds, CachedClips) and cfg.model.fusion and cfg.model.depth > 0 and dist.is_main:
-        report["similarity_figures"] = save_similarity_figures(net, ds, out_dir, figures, dev)
+    if figures and isinstance(ds, CachedClips) and dist.is_main:
+        if net.model.supports_fuse and cfg.model.depth > 0:
+            report["similarity_figures"] = save_similarity_figures(net, ds, out_dir, figures, dev)
+        else:  # before/after features exist only for ST-BAVA blocks
+            log.info("no similarity figures: fusion %r (depth %d) has no ST-BAVA features", cfg.model.fusion,
+                     cfg.model.depth)
     if out and dist.is_main:
         atomic_write_text(out, json.dumps(report, indent=2) + "\n")
     return result, report

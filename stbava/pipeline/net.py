@@ -41,8 +41,8 @@ def build_fusion_net(cfg: Config, sam_state: dict[str, torch.Tensor] | None = No
 
     torch.manual_seed(cfg.train.seed)  # model init is part of the recorded, reproducible run
     model = build_model(cfg, sam_state, **model_geometry(cfg.encoder.name))
-    if cfg.model.center_audio and mean_audio is not None:
-        model.center_audio_projection(mean_audio)
+    if cfg.model.center_audio and mean_audio is not None and model.supports_center_audio:
+        model.center_audio_projection(mean_audio)  # ST-BAVA, none; the published modules start as published
     return Net(model, CachedEmbedder())
 
 

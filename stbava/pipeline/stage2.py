@@ -21,6 +21,7 @@ from stbava.config import Config, ConfigError, EncoderConfig, config_from_dict
 from stbava.data.clips import Clip, DataError, load_train_val
 from stbava.device import resolve_device
 from stbava.encoders.weights import WeightSearch, locate_weights
+from stbava.model.avs_model import FUSION_PARAM_PREFIXES
 from stbava.pipeline.distributed import dist_info
 from stbava.pipeline.net import Net, build_fusion_net
 from stbava.pipeline.resident import ResidentClips
@@ -29,7 +30,8 @@ from stbava.pipeline.train import fit, trainable_predicate
 
 log = logging.getLogger(__name__)
 
-FUSION_PREFIXES = ("model.audio_embed_layer", "model.layers", "model.mask_decoder")
+# Trainable in stage two: every fusion module's parameters (wherever AVSModel keeps them) and the decoder.
+FUSION_PREFIXES = (*(f"model.{p}" for p in FUSION_PARAM_PREFIXES), "model.mask_decoder")
 
 
 def cache_encoders(reader: CacheReader) -> EncoderConfig:
@@ -79,7 +81,8 @@ def sam_decoder_init(cfg: Config, reader: CacheReader, search: WeightSearch) -> 
 
 def initial_fusion_net(cfg: Config, reader: CacheReader, train_clips: list[Clip],
                        search: WeightSearch | None = None) -> Net:
-    """The net stage two starts from: SAM's decoder when the cache used SAM weights, audio projection centred."""
+    """The net stage two starts from: SAM's decoder when the cache used SAM weights, audio projection centred
+    (ST-BAVA and ``none``; the published modules have no normalised projection and start as published)."""
     mean_audio = mean_train_audio(reader, train_clips) if cfg.model.center_audio else None
     return build_fusion_net(cfg, sam_decoder_init(cfg, reader, search or WeightSearch()), mean_audio)
 

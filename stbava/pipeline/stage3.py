@@ -19,6 +19,7 @@ from stbava.data.clips import load_train_val
 from stbava.device import resolve_device
 from stbava.digest import file_sha256
 from stbava.encoders.weights import WeightSearch, locate_weights
+from stbava.model.avs_model import FUSION_PARAM_PREFIXES
 from stbava.pipeline.distributed import dist_info
 from stbava.pipeline.net import ADAPTER_PREFIX, build_adapter_net
 from stbava.pipeline.sources import LiveSource
@@ -80,8 +81,9 @@ def check_encoder_matches(cfg: Config, init: dict[str, Any]) -> None:
 
 
 def adapter_prefixes(cfg: Config) -> tuple[str, ...]:
+    """Trainable in stage three: adapters + decoder, and the fusion module (any of them) with train_fusion."""
     pre = (ADAPTER_PREFIX, "model.mask_decoder")
-    return pre + (("model.audio_embed_layer", "model.layers") if cfg.train.train_fusion else ())
+    return pre + (tuple(f"model.{p}" for p in FUSION_PARAM_PREFIXES) if cfg.train.train_fusion else ())
 
 
 def finetune_adapters(init: str | Path, data_root: str | Path, run_dir: str | Path, overrides: dict[str, Any], *,

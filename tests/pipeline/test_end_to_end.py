@@ -159,3 +159,25 @@ def test_finetune_adapters_then_eval_from_raw_frames(trained):
     rep = trained["root"] / "adapters.json"
     _run("eval", "--checkpoint", run / "best.pt", "--data-root", trained["data"], "--out", rep)
     assert json.loads(rep.read_text())["checkpoint_kind"] == "adapters"
+
+
+def test_zero_shot_writes_evals_report_keys_deterministically(trained):
+    """`zero-shot` on the cache: eval's report keys and clips, plus prompt / weights / seed; a rerun is identical."""
+    eval_path = trained["root"] / "zs" / "eval.json"
+    _run("eval", "--checkpoint", trained["run"] / "best.pt", "--cache", trained["cache"], "--data-root",
+         trained["data"], "--split", "test", "--out", eval_path)
+    ev = json.loads(eval_path.read_text())
+    reports = []
+    for i in range(2):
+        path = trained["root"] / "zs" / f"point3_{i}.json"
+        out = _run("zero-shot", "--cache", trained["cache"], "--data-root", trained["data"], "--subset", "ms3",
+                   "--split", "test", "--prompt", "point3", "--seed", 7, "--out", path)
+        assert "random-init seed=7" in out
+        reports.append(json.loads(path.read_text()))
+    rep = reports[0]
+    metric_keys = {"miou", "fscore", "clips", "pooled_miou", "pooled_fscore", "per_clip_iou", "per_clip_fscore"}
+    assert metric_keys <= set(ev) and metric_keys <= set(rep)
+    assert rep["per_clip_iou"].keys() == ev["per_clip_iou"].keys() and rep["clips"] == ev["clips"] == 3
+    assert 0.0 <= rep["miou"] <= 1.0 and 0.0 <= rep["fscore"] <= 1.0
+    assert (rep["prompt"], rep["seed"], rep["split"]) == ("point3", 7, "test")
+    assert reports[0] == reports[1]

@@ -29,7 +29,12 @@ from stbava.data.clips import load_clips
 from stbava.data.io import load_audio, read_clip_frames, read_frame
 from stbava.data.transforms import frames_to_sam_input, waveform_to_examples
 from stbava.pipeline.restore import restore_net
-from stbava.testing import build_sam, write_fake_sam_checkpoint, write_fake_vggish_checkpoint, write_fake_vggish_pca
+from stbava.testing import (
+    build_sam,
+    write_fake_sam_checkpoint,
+    write_fake_vggish_checkpoint,
+    write_fake_vggish_pca,
+)
 
 T = 5
 

@@ -8,10 +8,9 @@ must exit 0 and show that the handling happened (resampling, down-mixing, paddin
 
 from __future__ import annotations
 
-import re
-
 import hashlib
 import json
+import re
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field

@@ -1,0 +1,33 @@
+"""``stbava zero-shot``: vanilla SAM prompted from ground-truth masks (thesis Table 6.2 top rows)."""
+
+from __future__ import annotations
+
+import click
+
+from stbava.cli.group import cli_errors, main
+
+
+@main.command("zero-shot")
+@click.option("--cache", required=True, type=click.Path(exists=True), help="Stage-one cache (image embeddings).")
+@click.option("--data-root", required=True, type=click.Path(exists=True, file_okay=False), help="AVSBench root (masks).")
+@click.option("--subset", required=True, type=click.Choice(["s4", "ms3"]))
+@click.option("--split", type=click.Choice(["train", "val", "test"]), default="test", show_default=True)
+@click.option("--prompt", required=True, type=click.Choice(["point1", "point3", "box1", "box3"]),
+              help="Points (one prompt set) or boxes (one set each) of the 1 or 3 largest GT regions.")
+@click.option("--sam-checkpoint", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Official SAM weights (prompt_encoder.*, mask_decoder.*); without it: random init from --seed.")
+@click.option("--out", type=click.Path(dir_okay=False), default=None, help="JSON report path (eval's keys).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Random prompt points; random SAM init.")
+@click.option("--device", default="auto", show_default=True)
+def zero_shot_cmd(cache, data_root, subset, split, prompt, sam_checkpoint, out, seed, device):
+    """Score SAM's own decoder on cached embeddings, prompted from each frame's GT mask (eval's metrics)."""
+    from stbava.zero_shot.run import run_zero_shot
+
+    with cli_errors():
+        result, report = run_zero_shot(cache, data_root, subset, split, prompt, sam_checkpoint=sam_checkpoint,
+                                       out=out, seed=seed, device=device)
+    click.echo(f"{'subset':<8}{'split':<7}{'prompt':<8}{'clips':>6}{'mIoU':>9}{'F-score':>9}")
+    click.echo(f"{subset:<8}{split:<7}{prompt:<8}{result.n_clips:>6}{result.miou:>9.4f}{result.fscore:>9.4f}")
+    click.echo(f"SAM weights: {report['sam_weights']}")
+    if out:
+        click.echo(f"report: {out}")
