@@ -159,3 +159,18 @@ def test_finetune_adapters_then_eval_from_raw_frames(trained):
     rep = trained["root"] / "adapters.json"
     _run("eval", "--checkpoint", run / "best.pt", "--data-root", trained["data"], "--out", rep)
     assert json.loads(rep.read_text())["checkpoint_kind"] == "adapters"
+
+
+def test_train_with_the_tensorboard_logger(trained):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run = trained["root"] / "run_tb"
+    _run("train-fusion", "--cache", trained["cache"], "--data-root", trained["data"], "--run-dir", run, "--epochs", 2,
+         "--batch-size", 2, "--depth", 1, "--set", "train.logger=tensorboard")
+    epochs = [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if r["kind"] == "epoch"]
+    acc = EventAccumulator(str(run / "tensorboard"))
+    acc.Reload()
+    for key in ("train_loss", "val_miou", "val_fscore"):  # the same numbers at the same steps as metrics.jsonl
+        got = [(e.step, e.value) for e in acc.Scalars(f"epoch/{key}")]
+        assert got == [(r["step"], pytest.approx(r[key], rel=1e-6)) for r in epochs] and len(got) == 2

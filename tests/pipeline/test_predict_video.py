@@ -17,40 +17,14 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
-import torch
 from click.testing import CliRunner
 from PIL import Image
+from predict_helpers import tiny_checkpoint
 
-from stbava.checkpoint import save_checkpoint
 from stbava.cli import main
-from stbava.config import load_config
-from stbava.encoders.fingerprint import encoder_fingerprint
-from stbava.pipeline.net import build_fusion_net
 from stbava.testing import write_test_video
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def _checkpoint(path: Path, empty_masks: bool = False) -> Path:
-    """A freshly built stage-two checkpoint (tiny encoders, one ST-BAVA block): untrained but deterministic.
-
-    ``empty_masks``: the decoder's mask hypernetworks output zeros, so every logit is 0, every probability
-    0.5 and every mask empty (0.5 is not > 0.5): the overlay must then equal the input picture.
-    """
-    cfg = load_config(None, {"frames": 5, "encoder": {"name": "tiny"}, "model": {"depth": 1}})
-    weights = build_fusion_net(cfg).state_dict()
-    if empty_masks:
-        for k in weights:
-            if "output_hypernetworks_mlps" in k and ".layers.2." in k:
-                weights[k] = torch.zeros_like(weights[k])
-    save_checkpoint(path, kind="fusion", cfg=cfg, weights=weights,
-                    fingerprint=encoder_fingerprint(cfg.encoder, cfg.frames))
-    return path
-
-
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory) -> Path:
-    return _checkpoint(tmp_path_factory.mktemp("ckpt") / "best.pt")
 
 
 def _predict(ckpt: Path, video: Path, out: Path, *extra) -> str:
@@ -137,7 +111,7 @@ def _tone_hz(wav: np.ndarray, rate: int) -> float:
 
 
 def test_start_and_duration_cut_the_input(tmp_path):
-    ckpt = _checkpoint(tmp_path / "empty.pt", empty_masks=True)
+    ckpt = tiny_checkpoint(tmp_path / "empty.pt", empty_masks=True)
     video = write_test_video(tmp_path / "in.mp4", 8, fps=10)
     _predict(ckpt, video, tmp_path / "o", "--start", 2, "--duration", 3, "--max-side", 32)
     got, src = measure(tmp_path / "o" / "overlay.mp4"), measure(video)
