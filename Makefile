@@ -29,6 +29,9 @@ DEMO_OUT    ?= demo_out
 EXTRA       ?=
 VIDEO       ?= my_video.mp4
 PRED_OUT    ?= predictions
+PORT        ?= 7860
+RUNS        ?= $(RUN)
+CURVES      ?= curves.png
 # The decoder starts from SAM's weights when $(SAM_CKPT) exists; extraction always needs the checkpoints it is given.
 # torchrun: make train-fusion NPROC=4  (NNODES / NODE_RANK / MASTER_ADDR for several nodes)
 NPROC       ?= 1
@@ -43,7 +46,7 @@ LAUNCH      := $(BIN)/torchrun --nproc-per-node $(NPROC) --nnodes $(NNODES) --no
                --master-addr $(MASTER_ADDR) --master-port $(MASTER_PORT) -m stbava
 endif
 
-.PHONY: setup demo test bench lint extract-features train-fusion finetune-adapters eval predict check-data clean
+.PHONY: setup demo test bench lint extract-features train-fusion finetune-adapters eval predict app plot check-data clean
 
 setup: $(VENV)/.installed
 
@@ -51,7 +54,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q $(TORCH_SPEC)
-	$(BIN)/pip install -q -e ".[dev]"
+	$(BIN)/pip install -q -e ".[dev,app,tensorboard]"
 	touch $@
 
 demo: setup
@@ -88,6 +91,12 @@ eval: setup
 
 predict: setup
 	$(STBAVA) predict --checkpoint $(CKPT) --input $(VIDEO) --out $(PRED_OUT) --device $(DEVICE) $(EXTRA)
+
+app: setup
+	$(STBAVA) app --checkpoint $(CKPT) --port $(PORT) --device $(DEVICE) $(EXTRA)
+
+plot: setup
+	$(STBAVA) plot $(RUNS) --out $(CURVES)
 
 clean:
 	rm -rf $(DEMO_OUT) .pytest_cache

@@ -75,7 +75,8 @@ def build_app(pred: Predictor, work: Path, examples: list[Path] | None = None) -
                     duration = gr.Number(0, label="duration (s, 0 = to the end)", minimum=0)
                 button = gr.Button("Segment", variant="primary")
                 if examples:
-                    gr.Examples([[str(p)] for p in examples], inputs=[video], label="examples")
+                    gr.Examples([[str(p)] for p in examples], inputs=[video], label="examples",
+                                example_labels=[p.name for p in examples])
             with gr.Column():
                 overlay = gr.Video(label="overlay (with sound)", format=None, autoplay=False)
                 masks = gr.Gallery(label="masks, one per second", columns=5, height="auto")

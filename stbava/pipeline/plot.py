@@ -50,6 +50,7 @@ def plot_runs(run_dirs: Sequence[str | Path], out: str | Path) -> Any:
     """Draw every run into one PNG at ``out``; returns the matplotlib Figure (its lines hold the data)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     runs = [(label, read_epochs(d)) for label, d in zip(_labels(run_dirs), run_dirs)]
     fig = Figure(figsize=(12, 3.6), dpi=100, layout="constrained")
@@ -61,6 +62,7 @@ def plot_runs(run_dirs: Sequence[str | Path], out: str | Path) -> Any:
             ax.plot(x, y, marker="o", markersize=3, color=f"C{i}", label=label)
         ax.set_title(title)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
     path = Path(out)
