@@ -36,6 +36,9 @@ PRED_OUT    ?= predictions
 SPEC        ?= configs/experiments/table6_3.yaml
 OUT         ?= experiments/$(basename $(notdir $(SPEC)))
 SEEDS       ?= 0,1,2
+PORT        ?= 7860
+RUNS        ?= $(RUN)
+CURVES      ?= curves.png
 # Extraction records its weight files (sha256); train-fusion starts the decoder from the cache's SAM, and
 # finetune-adapters / eval / predict find and verify the recorded files themselves (--weights-dir $(WEIGHTS)).
 # torchrun: make train-fusion NPROC=4  (NNODES / NODE_RANK / MASTER_ADDR for several nodes)
@@ -52,7 +55,7 @@ LAUNCH      := $(BIN)/torchrun --nproc-per-node $(NPROC) --nnodes $(NNODES) --no
 endif
 
 .PHONY: setup demo test bench lint extract-features train-fusion finetune-adapters eval predict experiment \
-        check-data clean
+        app plot check-data clean
 
 setup: $(VENV)/.installed
 
@@ -60,7 +63,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q $(TORCH_SPEC)
-	$(BIN)/pip install -q -e ".[dev]"
+	$(BIN)/pip install -q -e ".[dev,app,tensorboard]"
 	touch $@
 
 demo: setup
@@ -103,6 +106,12 @@ predict: setup
 experiment: setup
 	$(STBAVA) experiment $(SPEC) --cache $(CACHE) --data-root $(DATA) --out $(OUT) --seeds $(SEEDS) --split $(SPLIT) \
 	  --weights-dir $(WEIGHTS) --device $(DEVICE) $(EXTRA)
+
+app: setup
+	$(STBAVA) app --checkpoint $(CKPT) --port $(PORT) --device $(DEVICE) $(EXTRA)
+
+plot: setup
+	$(STBAVA) plot $(RUNS) --out $(CURVES)
 
 clean:
 	rm -rf $(DEMO_OUT) .pytest_cache

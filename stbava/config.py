@@ -71,6 +71,7 @@ class TrainConfig:
     gpu_resident: bool = False  # stage two: load the whole cache onto the GPU once
     max_steps: int = 0  # 0 = no limit; otherwise stop after this many optimiser steps
     save_every_steps: int = 0  # 0 = save last.pt at epoch ends only; N = also every N steps (mid-epoch resume)
+    logger: str = "jsonl"  # jsonl | tensorboard: metrics.jsonl is always written; tensorboard adds RUN_DIR/tensorboard
 
 
 @dataclass
@@ -224,6 +225,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError("model.depth must be >= 0 and frames >= 1")
     if cfg.encoder.amp not in ("off", "bf16"):
         raise ConfigError(f"encoder.amp must be off|bf16, got {cfg.encoder.amp!r}")
+    if cfg.train.logger not in ("jsonl", "tensorboard"):
+        raise ConfigError(f"train.logger must be jsonl|tensorboard, got {cfg.train.logger!r}")
     if cfg.train.amp not in ("auto", "bf16", "off"):
         raise ConfigError(f"train.amp must be auto|bf16|off, got {cfg.train.amp!r}")
 

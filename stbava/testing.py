@@ -95,3 +95,46 @@ def write_fake_vggish_pca(path: str | Path, seed: int = 0, numpy1_pickle: bool =
     data = buf.getvalue().replace(b"cnumpy._core.multiarray\n", b"cnumpy.core.multiarray\n")
     path.write_bytes(data)
     return path
+
+
+def write_test_video(path: str | Path, seconds: float, *, fps: int = 10, size: tuple[int, int] = (64, 48),
+                     rate: int = 16000, layout: str = "mono", seed: int = 0) -> Path:
+    """An H.264 + AAC MP4 whose picture changes only at whole seconds (one flat colour plus a bar per second).
+
+    Each second ``k`` shows a grey frame with a random colour bar whose width depends on ``k``; the audio is
+    a tone whose pitch changes every second (the same on every channel). ``seconds`` may be fractional.
+    """
+    import av
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    w, h = size
+    n_frames = round(seconds * fps)
+    t = np.arange(round(seconds * rate)) / rate
+    wav = (0.3 * np.sin(2 * np.pi * (220 + 110 * (t.astype(int) % 5)) * t)).astype(np.float32)
+    with av.open(str(path), "w") as c:
+        vs = c.add_stream("libx264", rate=fps)
+        vs.width, vs.height, vs.pix_fmt = w, h, "yuv420p"
+        aus = c.add_stream("aac", rate=rate)
+        aus.layout = layout
+        channels = len(av.AudioLayout(layout).channels)
+        img = np.full((h, w, 3), 128, np.uint8)
+        for i in range(n_frames):
+            if i % fps == 0:  # a new picture at every whole second
+                k = i // fps
+                img = np.full((h, w, 3), 128, np.uint8)
+                img[h // 4: 3 * h // 4, : max(2, w * (k % 4 + 1) // 5)] = rng.integers(0, 256, 3, dtype=np.uint8)
+            for p in vs.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                c.mux(p)
+        for p in vs.encode():
+            c.mux(p)
+        for i in range(0, len(wav), 1024):
+            chunk = np.repeat(wav[None, i:i + 1024], channels, axis=0)
+            fr = av.AudioFrame.from_ndarray(chunk, format="fltp", layout=layout)
+            fr.sample_rate, fr.pts = rate, i
+            for p in aus.encode(fr):
+                c.mux(p)
+        for p in aus.encode():
+            c.mux(p)
+    return path

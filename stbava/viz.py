@@ -19,8 +19,12 @@ __all__ = [
     "GRID_LABEL_PX",
     "GRID_PAD_PX",
     "GRID_TITLE_PX",
+    "HALO_COLOR",
+    "PRED_COLOR",
     "cosine_similarity_maps",
+    "mask_layers",
     "overlay_mask",
+    "paint_layers",
     "save_mask_png",
     "save_overlay_grid",
     "save_similarity_figure",
@@ -29,6 +33,7 @@ __all__ = [
 
 GT_COLOR = (40, 220, 60)
 PRED_COLOR = (255, 70, 30)
+HALO_COLOR = (20, 20, 20)  # the dark ring outside predicted masks in overlay videos
 GRID_PAD_PX = 4  # white gap around every tile of the overlay grid
 GRID_LABEL_PX = 16  # column-header band of the overlay grid
 GRID_TITLE_PX = 18  # title band of the overlay grid (only with a title)
@@ -64,15 +69,48 @@ def _resize_mask(mask: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
     return np.asarray(img) > 127
 
 
-def _boundary(mask: np.ndarray) -> np.ndarray:
-    """Mask pixels with a 4-neighbour outside the mask (image borders do not count as outside)."""
+def _boundary(mask: np.ndarray, width: int = 1) -> np.ndarray:
+    """Mask pixels within ``width`` 4-neighbour steps of the outside (image borders do not count as outside)."""
+    if width > 1:
+        from scipy.ndimage import binary_erosion
+
+        return mask & ~binary_erosion(mask, iterations=width, border_value=1)
     p = np.pad(mask, 1, mode="edge")
     inner = p[:-2, 1:-1] & p[2:, 1:-1] & p[1:-1, :-2] & p[1:-1, 2:]
     return mask & ~inner
 
 
+def mask_layers(mask: np.ndarray, hw: tuple[int, int], edge_px: int = 1,
+                halo: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """(fill, edge, halo) bool ``[H,W]`` layers of a mask at frame size ``hw``: compute once, paint many frames.
+
+    ``edge`` is the band of ``edge_px`` pixels inside the mask's border; ``halo`` (when asked) is the one-pixel
+    ring just outside it, drawn dark so the edge stays visible on bright and on orange-ish backgrounds.
+    """
+    m = _resize_mask(np.asarray(mask) > 0.5, hw)
+    ring = None
+    if halo:
+        from scipy.ndimage import binary_dilation
+
+        ring = binary_dilation(m) & ~m
+    return m, _boundary(m, edge_px), ring
+
+
+def paint_layers(frame: np.ndarray, layers: tuple[np.ndarray, np.ndarray, np.ndarray | None],
+                 color: tuple[int, int, int] = PRED_COLOR, alpha: float = 0.45) -> np.ndarray:
+    """Tint ``fill``, draw ``edge`` in solid ``color`` and ``halo`` in near-black on a copy of ``frame``."""
+    fill, edge, ring = layers
+    out = frame.copy()
+    c = np.asarray(color, np.float32)
+    out[fill] = np.clip((1 - alpha) * out[fill].astype(np.float32) + alpha * c + 0.5, 0, 255).astype(np.uint8)
+    out[edge] = np.asarray(color, np.uint8)
+    if ring is not None:
+        out[ring] = HALO_COLOR
+    return out
+
+
 def overlay_mask(frame: np.ndarray, mask: np.ndarray, color: tuple[int, int, int] = PRED_COLOR,
-                 alpha: float = 0.45) -> np.ndarray:
+                 alpha: float = 0.45, edge_px: int = 1, halo: bool = False) -> np.ndarray:
     """Tint ``mask`` on ``frame`` and draw its outline in solid colour.
 
     Args:
@@ -80,16 +118,13 @@ def overlay_mask(frame: np.ndarray, mask: np.ndarray, color: tuple[int, int, int
         mask: ``[h,w]`` {0,1} (resized to the frame with nearest neighbour when sizes differ).
         color: RGB of the tint and outline.
         alpha: tint opacity.
+        edge_px: outline width in pixels (inside the mask).
+        halo: also draw a one-pixel dark ring just outside the mask.
 
     Returns:
         uint8 ``[H,W,3]``.
     """
-    m = _resize_mask(np.asarray(mask) > 0.5, frame.shape[:2])
-    out = frame.astype(np.float32)
-    c = np.asarray(color, np.float32)
-    out[m] = (1 - alpha) * out[m] + alpha * c
-    out[_boundary(m)] = c
-    return np.clip(out + 0.5, 0, 255).astype(np.uint8)
+    return paint_layers(frame, mask_layers(mask, frame.shape[:2], edge_px, halo), color, alpha)
 
 
 def save_overlay_grid(frames: np.ndarray, gt: np.ndarray | torch.Tensor | None, pred: np.ndarray | torch.Tensor,

@@ -1,15 +1,24 @@
-"""``stbava predict``: segment the sounding objects of a user's own video (or frames + wav).
+"""``stbava predict``: segment the sounding objects of a user's own video (or frames + wav), streamed.
 
 The media side (decoding, AVSBench sampling) is :mod:`stbava.data.video`; this module runs the model on it.
 Windows: seconds [0,5), [5,10), ... A last partial window (the video is not a multiple of 5 s long) is
 aligned to the end of the video instead, overlapping the previous window, and only its seconds not already
 covered are written. A video shorter than 5 s (but at least one second) is padded by repeating its last
 frame and last audio example (the AVSBench padding rule); masks are written for its real seconds only.
+
+With ``--temporal-stride S`` (S = 1/n s) the same is done for n series of seconds, starting 0, S, 2S, ... s
+into the video; every window still samples its frames one second apart, as the model was trained, so the
+model runs n times as often. Decoding, inference and the overlay are streamed window by window: memory
+does not grow with the video's length.
 """
 
 from __future__ import annotations
 
 import logging
+import math
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +28,7 @@ import torch
 from stbava.checkpoint import CheckpointFormatError, read_checkpoint
 from stbava.config import EncoderConfig
 from stbava.data.clips import DataError
-from stbava.data.video import SR, MediaInput, read_frames_folder, read_video
+from stbava.data.video import SR, Second
 from stbava.device import resolve_device
 from stbava.encoders.weights import WeightSearch
 from stbava.pipeline.net import Net
@@ -39,13 +48,47 @@ def windows(seconds: int, t: int) -> list[tuple[int, int]]:
     return out
 
 
-def _window_inputs(media: MediaInput, start: int, t: int) -> tuple[np.ndarray, np.ndarray]:
-    """Frames [t,224,224,3] and log-mel examples [t,1,96,64] of one window (padded by repetition if short)."""
-    from stbava.data.transforms import waveform_to_examples
+def stride_offsets(stride: float) -> list[float]:
+    """``--temporal-stride`` -> the start offsets of the series of seconds: 0.2 -> [0, 0.2, 0.4, 0.6, 0.8]."""
+    n = round(1 / stride) if stride > 0 else 0
+    if n < 1 or n > 50 or abs(n * stride - 1) > 1e-6:
+        raise DataError(f"--temporal-stride must be 1/n seconds for n = 1..50 (1, 0.5, 0.25, 0.2, 0.1, ...), "
+                        f"got {stride}")
+    return [i / n for i in range(n)]
 
-    idx = [min(start + k, len(media.frames) - 1) for k in range(t)]
-    wav = media.audio[start * SR: (start + t) * SR]
-    return media.frames[idx], waveform_to_examples(wav, SR, num_examples=t)
+
+class SeriesWindows:
+    """Groups the seconds of one series (one start offset) into T-second windows, following :func:`windows`.
+
+    ``push`` returns a full window every T seconds; ``flush`` returns the last partial window (aligned to the
+    end, or padded when the series is shorter than T). Each window comes with the seconds it writes.
+    """
+
+    def __init__(self, t: int) -> None:
+        self.t, self.count, self.done = t, 0, 0
+        self.buf: deque[Second] = deque(maxlen=t)
+
+    def push(self, sec: Second) -> tuple[list[Second], list[Second]] | None:
+        self.buf.append(sec)
+        self.count += 1
+        if self.count % self.t:
+            return None
+        self.done = self.count
+        return list(self.buf), list(self.buf)
+
+    def flush(self) -> tuple[list[Second], list[Second]] | None:
+        if self.count == self.done:
+            return None
+        new = list(self.buf)[-(self.count - self.done):]
+        self.done = self.count
+        return list(self.buf), new
+
+
+def window_count(length: float | None, offsets: list[float], t: int) -> int | None:
+    """How many windows a clip of ``length`` seconds needs (for the progress bar); None when unknown."""
+    if length is None:
+        return None
+    return sum(len(windows(s, t)) for s in (math.floor(length - o + 1e-6) for o in offsets) if s > 0)
 
 
 def _fusion_net_with_encoders(net: Net, enc_cfg: EncoderConfig, frames: int, payload: dict[str, Any],
@@ -69,80 +112,62 @@ def _fusion_net_with_encoders(net: Net, enc_cfg: EncoderConfig, frames: int, pay
     return Net(net.model, LiveEmbedder(image, vggish, audio_adapters=False))
 
 
-def predict_probs(net: Net, media: MediaInput, t: int, img_size: int, dev: torch.device) -> np.ndarray:
-    """Sounding-object probabilities ``[seconds,224,224]`` for every second of ``media``, window by window."""
-    from stbava.data.transforms import frames_to_sam_input
+@dataclass
+class Predictor:
+    """A restored net ready for raw frames + audio: built once, used for every input (CLI batch, web app)."""
 
-    n = len(media.frames)
-    probs = np.zeros((n, 224, 224), np.float32)
-    with torch.inference_mode():
-        for start, first_new in windows(n, t):
-            frames, mels = _window_inputs(media, start, t)
-            x = frames_to_sam_input(list(frames), img_size).to(dev)
-            logits = net(frames=x[None], log_mels=torch.from_numpy(mels)[None].to(dev))[0]
-            p = torch.sigmoid(logits.float()).cpu().numpy()
-            for k in range(t):
-                if first_new <= start + k < n:
-                    probs[start + k] = p[k]
-    return probs
+    net: Net
+    t: int  # frames per window (the checkpoint's T)
+    img_size: int
+    device: torch.device
+
+    def window_probs(self, secs: list[Second]) -> np.ndarray:
+        """Probabilities ``[T,224,224]`` of one window (padded by repeating the last frame and audio example)."""
+        from stbava.data.transforms import frames_to_sam_input, waveform_to_examples
+
+        frames = [s.frame for s in secs] + [secs[-1].frame] * (self.t - len(secs))
+        mels = waveform_to_examples(np.concatenate([s.audio for s in secs]), SR, num_examples=self.t)
+        x = frames_to_sam_input(frames, self.img_size).to(self.device)
+        with torch.inference_mode():
+            logits = self.net(frames=x[None], log_mels=torch.from_numpy(mels)[None].to(self.device))[0]
+        return torch.sigmoid(logits.float()).cpu().numpy()
+
+    def probs(self, seconds: Iterable[Second], offsets: list[float], on_window: Callable[[], Any] | None = None
+              ) -> Iterator[tuple[float, np.ndarray]]:
+        """``(start, prob [224,224])`` for every second of ``seconds``, window by window, as windows complete.
+
+        ``on_window`` is called after each window (progress bars, counting).
+        """
+        series = {round(o, 6): SeriesWindows(self.t) for o in offsets}
+
+        def run(win: tuple[list[Second], list[Second]] | None) -> Iterator[tuple[float, np.ndarray]]:
+            if win is None:
+                return
+            p = self.window_probs(win[0])
+            starts = [s.start for s in win[0]]
+            if on_window is not None:
+                on_window()
+            for s in win[1]:
+                yield s.start, p[starts.index(s.start)]
+
+        for sec in seconds:
+            yield from run(series[round(sec.start - math.floor(sec.start + 1e-6), 6)].push(sec))
+        for s in series.values():
+            yield from run(s.flush())
 
 
-def run_predict(checkpoint: str | Path, input_path: str | Path, out: str | Path, *, audio: str | Path | None = None,
-                search: WeightSearch | None = None, device: str = "auto",
-                video_name: str = "overlay.mp4") -> dict[str, Any]:
-    """Segment ``input_path`` (video file or frames folder); write masks/, an overlay video and a summary.
+def load_predictor(checkpoint: str | Path, *, search: WeightSearch | None = None, device: str = "auto") -> Predictor:
+    """Restore a stage-two (with its frozen encoders) or stage-three checkpoint for raw video input.
 
-    ``search``: where the encoders' weight files are looked for besides the paths the checkpoint records.
+    ``search``: where the encoders' weight files are looked for besides the paths the checkpoint records
+    (each file is checked against the recorded sha256, for both kinds of checkpoint).
     """
     from stbava.encoders.image import image_size
     from stbava.pipeline.restore import restore_net
 
-    src = Path(input_path)
-    if not src.exists():
-        raise DataError(f"input not found: {src}")
-    media = read_frames_folder(src, Path(audio) if audio else None) if src.is_dir() else read_video(src)
     dev = resolve_device(device)
     payload = read_checkpoint(checkpoint)
     net, cfg = restore_net(payload, dev, search)
     if payload["kind"] == "fusion":
         net = _fusion_net_with_encoders(net, cfg.encoder, cfg.frames, payload, dev, search)
-    probs = predict_probs(net, media, cfg.frames, image_size(cfg.encoder.name), dev)
-    return _write_outputs(src, media, probs, Path(out), video_name, len(windows(len(media.frames), cfg.frames)))
-
-
-def _write_outputs(src: Path, media: MediaInput, probs: np.ndarray, out: Path, video_name: str,
-                   n_windows: int) -> dict[str, Any]:
-    from stbava.viz import save_mask_png, write_overlay_video
-
-    n = len(probs)
-    masks = (probs > 0.5).astype(np.uint8)
-    for sec in range(n):
-        save_mask_png(masks[sec], out / "masks" / f"{src.stem}_{sec + 1}.png")
-    full_masks = [_upsize(masks[i], media.originals[i].shape[:2]) for i in range(n)]
-    video = out / video_name
-    write_overlay_video(_same_size(media.originals), np.stack(_same_size_masks(full_masks, media.originals)), video,
-                        fps=1)
-    return {"input": str(src), "seconds": n, "windows": n_windows, "masks": str(out / "masks"),
-            "overlay": str(video), "foreground_fraction": [float(m.mean()) for m in masks]}
-
-
-def _upsize(mask: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
-    from PIL import Image
-
-    return np.asarray(Image.fromarray(mask * 255).resize((hw[1], hw[0]), Image.NEAREST)) > 127
-
-
-def _same_size(imgs: list[np.ndarray]) -> np.ndarray:
-    h, w = imgs[0].shape[:2]
-    return np.stack([i if i.shape[:2] == (h, w) else _squash_to(i, h, w) for i in imgs])
-
-
-def _same_size_masks(masks: list[np.ndarray], imgs: list[np.ndarray]) -> list[np.ndarray]:
-    h, w = imgs[0].shape[:2]
-    return [m if m.shape == (h, w) else _upsize(m.astype(np.uint8), (h, w)) for m in masks]
-
-
-def _squash_to(img: np.ndarray, h: int, w: int) -> np.ndarray:
-    from PIL import Image
-
-    return np.asarray(Image.fromarray(img).resize((w, h), Image.BILINEAR))
+    return Predictor(net.eval(), cfg.frames, image_size(cfg.encoder.name), dev)

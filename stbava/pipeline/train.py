@@ -101,7 +101,8 @@ class Trainer:
         self.dist = dist_info()
         self.state = LoopState()
         self.last_path, self.best_path = self.run_dir / "last.pt", self.run_dir / "best.pt"
-        self.mlog = MetricLogger(self.run_dir / "metrics.jsonl", self.dist.is_main)
+        self.mlog = MetricLogger(self.run_dir / "metrics.jsonl", self.dist.is_main,
+                                 tensorboard=self.tc.logger == "tensorboard")
 
     def setup(self) -> None:
         """Seed, select the trainable parameters, build the optimiser, clear temp files of killed saves."""
@@ -231,6 +232,7 @@ class Trainer:
             self.save(self.last_path)
         if self.dist.is_main and not self.best_path.exists():
             self.save(self.best_path)  # no validation split: best == last
+        self.mlog.close()
         self.dist.barrier()
         return {"steps": self.state.step, "epochs": self.state.epoch, "best_miou": self.state.best_miou,
                 "val": last_val.summary() if last_val else None, "run_dir": str(self.run_dir),

@@ -118,8 +118,8 @@ def test_predict_on_a_video_and_a_frames_folder(trained, tmp_path):
     out = _run("predict", "--checkpoint", trained["run"], "--input", video, "--out", tmp_path / "pred")
     assert "7 s in 2 window(s)" in out
     assert len(list((tmp_path / "pred" / "masks").glob("*.png"))) == 7
-    with av.open(str(tmp_path / "pred" / "overlay.mp4")) as c:
-        assert sum(1 for _ in c.decode(video=0)) == 7
+    with av.open(str(tmp_path / "pred" / "overlay.mp4")) as c:  # every input frame: 7 s at 10 fps
+        assert sum(1 for _ in c.decode(video=0)) == 7 * 10
 
     folder = tmp_path / "frames"
     folder.mkdir()
@@ -181,3 +181,18 @@ def test_zero_shot_writes_evals_report_keys_deterministically(trained):
     assert 0.0 <= rep["miou"] <= 1.0 and 0.0 <= rep["fscore"] <= 1.0
     assert (rep["prompt"], rep["seed"], rep["split"]) == ("point3", 7, "test")
     assert reports[0] == reports[1]
+
+
+def test_train_with_the_tensorboard_logger(trained):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run = trained["root"] / "run_tb"
+    _run("train-fusion", "--cache", trained["cache"], "--data-root", trained["data"], "--run-dir", run, "--epochs", 2,
+         "--batch-size", 2, "--depth", 1, "--set", "train.logger=tensorboard")
+    epochs = [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if r["kind"] == "epoch"]
+    acc = EventAccumulator(str(run / "tensorboard"))
+    acc.Reload()
+    for key in ("train_loss", "val_miou", "val_fscore"):  # the same numbers at the same steps as metrics.jsonl
+        got = [(e.step, e.value) for e in acc.Scalars(f"epoch/{key}")]
+        assert got == [(r["step"], pytest.approx(r[key], rel=1e-6)) for r in epochs] and len(got) == 2

@@ -147,17 +147,15 @@ def _video(flow, tmp_path) -> Path:
 
 
 def _window_logits_by_hand(flow, ckpt: Path, video: Path) -> tuple[torch.Tensor, torch.Tensor]:
-    """predict's logits for the first window, and the same window through SAM + VGGish + PCA run by hand."""
-    from stbava.data.video import read_video
-    from stbava.pipeline.predict import _fusion_net_with_encoders, _window_inputs
+    """predict's probabilities for the first window, and the same window through SAM + VGGish + PCA by hand."""
+    from stbava.data.video import SR, VideoFile
+    from stbava.pipeline.predict import load_predictor
 
-    payload = read_checkpoint(ckpt)
-    net, cfg = restore_net(payload)
-    net = _fusion_net_with_encoders(net, cfg.encoder, cfg.frames, payload, torch.device("cpu"))
-    media = read_video(video)
-    frames, mels = _window_inputs(media, 0, T)
+    pred = load_predictor(ckpt, device="cpu")
+    secs = list(VideoFile(video).seconds())[:T]
+    got = torch.from_numpy(pred.window_probs(secs))
+    mels = waveform_to_examples(np.concatenate([s.audio for s in secs]), SR, num_examples=T)
     with torch.no_grad():
-        got = net(frames=frames_to_sam_input(list(frames), 256)[None], log_mels=torch.from_numpy(mels)[None])[0]
         tv = thirdparty.vggish_model()
         vgg = tv.VGG(tv.make_layers(), postprocess=False)
         vgg.load_state_dict(torch.load(flow["files"]["vggish"], weights_only=True))
@@ -166,9 +164,9 @@ def _window_logits_by_hand(flow, ckpt: Path, video: Path) -> tuple[torch.Tensor,
         pca = (torch.as_tensor(params["pca_eigen_vectors"]).float()
                @ (raw.t() - torch.as_tensor(params["pca_means"]).float().reshape(-1, 1))).t()
         aud = torch.round((pca.clamp(-2.0, 2.0) + 2.0) * (255.0 / 4.0))
-        img = by_hand_image(flow["files"]["sam"], list(frames))
+        img = by_hand_image(flow["files"]["sam"], [s.frame for s in secs])
         model, _ = stbava.load_model(ckpt)
-        want = model(img[None], aud[None])[0]
+        want = torch.sigmoid(model(img[None], aud[None])[0])
     return got, want
 
 

@@ -1,0 +1,19 @@
+"""``stbava plot``: training curves of one or more runs from their ``metrics.jsonl``."""
+
+from __future__ import annotations
+
+import click
+
+from stbava.cli.group import cli_errors, main
+
+
+@main.command("plot")
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="PNG to write, e.g. curves.png.")
+def plot_cmd(run_dirs, out):
+    """Loss and validation mIoU / F per epoch, every RUN_DIR on one figure."""
+    from stbava.pipeline.plot import plot_runs
+
+    with cli_errors():
+        plot_runs(run_dirs, out)
+    click.echo(f"{len(run_dirs)} run(s) -> {out}")
