@@ -15,6 +15,7 @@ from stbava.data.clips import DataError, load_clips
 from stbava.data.io import load_audio, read_frame
 from stbava.data.synthetic import write_synthetic
 from stbava.data.transforms import frames_to_sam_input, waveform_to_examples
+from stbava.device import resolve_device
 from stbava.encoders.audio import build_vggish, embed_audio
 from stbava.encoders.fingerprint import encoder_fingerprint
 from stbava.encoders.image import build_image_encoder
@@ -59,7 +60,7 @@ def test_extraction_matches_the_encoders_frame_by_frame(data_root, full_cache):
         assert audio.dtype == np.float32 and audio.shape == (T, 128)
         np.testing.assert_allclose(audio, ref_audio, rtol=1e-4, atol=1e-5)
         assert audio.std() > 0.1  # Kaiming-initialised VGGish: a live audio path
-    assert reader.manifest.info["amp"] == "off" and reader.manifest.codec == "blosc-lz4"
+    assert reader.fingerprint["numerics"]["image_amp"] == "off"  # what ran is recorded, and compared on resume and reader.manifest.codec == "blosc-lz4"
 
 
 def test_rerun_skips_done_clips_without_building_encoders(data_root, full_cache, monkeypatch):
@@ -153,7 +154,7 @@ def test_cuda_request_on_a_host_without_cuda_is_a_clear_error(data_root, tmp_pat
         with pytest.raises(ConfigError, match="no CUDA device"):
             run_extraction(data_root, "ms3", tmp_path / "c.zarr", device=device, progress=False)
     assert not (tmp_path / "c.zarr").exists()
-    assert extract.resolve_extract_device("auto") == torch.device("cpu")
+    assert resolve_device("auto") == torch.device("cpu")
 
 
 def test_bf16_on_cpu_falls_back_to_float32_with_a_warning(data_root, full_cache, tmp_path, caplog):
@@ -163,7 +164,7 @@ def test_bf16_on_cpu_falls_back_to_float32_with_a_warning(data_root, full_cache,
                            progress=False)
     assert "float32" in caplog.text and s.written == 2 and s.device == "cpu"
     reader, fp32 = open_cache(tmp_path / "c.zarr"), open_cache(full_cache[0])
-    assert reader.manifest.info["amp"] == "off"
+    assert reader.fingerprint["numerics"]["image_amp"] == "off"  # what ran is recorded, and compared on resume
     for cid in fp32.clip_ids("test"):  # the same numbers as a plain float32 extraction
         np.testing.assert_allclose(reader.image_embeddings(cid).astype(np.float32),
                                    fp32.image_embeddings(cid).astype(np.float32), rtol=2e-3, atol=1e-4)
