@@ -9,7 +9,8 @@ from stbava.cli.group import cli_errors, main
 
 @main.command("zero-shot")
 @click.option("--cache", required=True, type=click.Path(exists=True), help="Stage-one cache (image embeddings).")
-@click.option("--data-root", required=True, type=click.Path(exists=True, file_okay=False), help="AVSBench root (masks).")
+@click.option("--data-root", required=True, type=click.Path(exists=True, file_okay=False),
+              help="AVSBench root (masks).")
 @click.option("--subset", required=True, type=click.Choice(["s4", "ms3"]))
 @click.option("--split", type=click.Choice(["train", "val", "test"]), default="test", show_default=True)
 @click.option("--prompt", required=True, type=click.Choice(["point1", "point3", "box1", "box3"]),

@@ -70,7 +70,7 @@ def test_importing_the_package_registers_every_module_and_the_registry_alone_imp
     out = _fresh("import sys, stbava.model.fusion as f; "
                  "print(sorted(f.FUSION_MODULES)); "
                  "print(sorted(m for m in sys.modules if m.startswith('stbava.model.fusion.'))); "
-                 f"print(all(type(f.build_fusion(n, grid=4, **({{'frames': 2}} if n == 'jca' else {{}}))).__name__ == c "
+                 "print(all(type(f.build_fusion(n, grid=4, **({'frames': 2} if n == 'jca' else {}))).__name__ == c "
                  f"for n, c in {OURS!r}.items()))")
     modules = sorted(f"stbava.model.fusion.{n}" for n in [*OURS, "registry"])
     assert out.splitlines() == [str(sorted(OURS)), str(modules), "True"]
