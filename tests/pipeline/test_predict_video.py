@@ -152,7 +152,7 @@ from stbava.pipeline.predict_run import PredictOptions, run_predict
 run_predict(sys.argv[1], sys.argv[2], sys.argv[3], device="cpu", options=PredictOptions(progress=False))
 print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)  # KiB on Linux
 """
-RSS_BOUND_MIB = 25  # measured: a 3-minute video peaks ~1-8 MiB above a 20-second one (README)
+RSS_BOUND_MIB = 25  # measured: +14 MiB at 3 minutes, +11 MiB at 6 minutes over 20 s (allocator noise; README)
 
 
 @pytest.mark.slow
