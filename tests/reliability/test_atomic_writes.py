@@ -113,6 +113,11 @@ ALLOWED_DIRECT_WRITES = {
         "synthetic demo/test data CSV (NOT atomic: run_demo reuses the data once this CSV exists)",
     ("stbava/viz.py", "_write_h264", "open(mode='w')"):
         "overlay video streamed by FFmpeg into the output file; a crash leaves a truncated preview, not state",
+    ("stbava/pipeline/overlay.py", "OverlayWriter.__init__", "open(mode='w')"):
+        "predict's overlay video streamed frame by frame by FFmpeg (PyAV) into its output file: a crash leaves a "
+        "truncated preview of a finished command's output, not state that a later run reads",
+    ("stbava/testing.py", "write_test_video", "open(mode='w')"):
+        "test utility: generated video in a test's temporary folder",
     ("stbava/testing.py", "write_fake_sam_checkpoint", "torch.save() to a path or plain handle"):
         "test utility: fake checkpoint in a test's temporary folder",
     ("stbava/testing.py", "write_fake_vggish_checkpoint", "torch.save() to a path or plain handle"):
