@@ -31,7 +31,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from stbava.model.fusion.registry import FusionPrompts, check_inputs, register_fusion, token_pair
+from stbava.model.fusion.registry import FusionPrompts, map_tokens, register_fusion, token_pair
 
 
 class AudioGuidedAttention(nn.Module):
@@ -143,13 +143,8 @@ class CMRANFusion(nn.Module):
 
     def forward(self, image: torch.Tensor, audio: torch.Tensor,
                 image_pe: torch.Tensor | None = None) -> FusionPrompts:
-        """``image [B,T,C,h,w]``, ``audio [B,T,audio_dim]`` -> dense ``[B,T,C,h,w]``, sparse ``[B,T,2,C]``.
-
-        ``image_pe`` (SAM's dense PE) is not used: the published module has no positional encoding.
-        """
-        image, audio = check_inputs(image, audio, embed_dim=self.embed_dim, audio_dim=self.audio_dim,
-                                    grid=self.grid, dtype=self.map_proj.weight.dtype)
-        tokens = image.flatten(3).transpose(2, 3)  # [B,T,HW,C]
+        """The fusion contract (``FusionPrompts``); ``image_pe`` unused: the published module has no PE."""
+        image, audio, tokens = map_tokens(self, image, audio, self.map_proj.weight.dtype)  # tokens [B,T,HW,C]
         v_c, s, pooled = self.spatial_channel_att(tokens, audio)
         a_q, fused = self.relations(pooled, audio)
         spread = (s * s.shape[-1]).unsqueeze(-1) * self.map_proj(fused).unsqueeze(2)  # [B,T,HW,C]

@@ -29,7 +29,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from stbava.model.fusion.registry import FusionPrompts, check_inputs, register_fusion, token_pair
+from stbava.model.fusion.registry import FusionPrompts, map_tokens, register_fusion, token_pair
 
 
 class HANLayer(nn.Module):
@@ -86,13 +86,8 @@ class HANFusion(nn.Module):
 
     def forward(self, image: torch.Tensor, audio: torch.Tensor,
                 image_pe: torch.Tensor | None = None) -> FusionPrompts:
-        """``image [B,T,C,h,w]``, ``audio [B,T,audio_dim]`` -> dense ``[B,T,C,h,w]``, sparse ``[B,T,2,C]``.
-
-        ``image_pe`` (SAM's dense PE) is not used: the published module has no positional encoding.
-        """
-        image, audio = check_inputs(image, audio, embed_dim=self.embed_dim, audio_dim=self.audio_dim,
-                                    grid=self.grid, dtype=self.fc_a.weight.dtype)
-        tokens = image.flatten(3).transpose(2, 3)  # [B,T,HW,C]
+        """The fusion contract (``FusionPrompts``); ``image_pe`` unused: the published module has no PE."""
+        image, audio, tokens = map_tokens(self, image, audio, self.fc_a.weight.dtype)  # tokens [B,T,HW,C]
         alpha = self.pool_score(tokens).softmax(dim=2)  # [B,T,HW,1], a spatial map per frame
         v = self.fc_v((alpha * tokens).sum(dim=2))  # [B,T,C]
         a = self.fc_a(audio)

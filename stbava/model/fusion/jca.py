@@ -31,7 +31,7 @@ import math
 import torch
 from torch import nn
 
-from stbava.model.fusion.registry import FusionPrompts, check_inputs, register_fusion, token_pair
+from stbava.model.fusion.registry import FusionPrompts, map_tokens, register_fusion, token_pair
 
 
 class JointCrossAttention(nn.Module):
@@ -102,13 +102,8 @@ class JCAFusion(nn.Module):
 
     def forward(self, image: torch.Tensor, audio: torch.Tensor,
                 image_pe: torch.Tensor | None = None) -> FusionPrompts:
-        """``image [B,T,C,h,w]``, ``audio [B,T,audio_dim]`` -> dense ``[B,T,C,h,w]``, sparse ``[B,T,2,C]``.
-
-        ``image_pe`` (SAM's dense PE) is not used: the published module has no positional encoding.
-        """
-        image, audio = check_inputs(image, audio, embed_dim=self.embed_dim, audio_dim=self.audio_dim,
-                                    grid=self.grid, dtype=self.encoder1.weight.dtype)
-        tokens = image.flatten(3).transpose(2, 3)  # [B,T,HW,C]
+        """The fusion contract (``FusionPrompts``); ``image_pe`` unused: the published module has no PE."""
+        image, audio, tokens = map_tokens(self, image, audio, self.encoder1.weight.dtype)  # tokens [B,T,HW,C]
         pooled = (self.pool_score(tokens).softmax(dim=2) * tokens).sum(dim=2)  # [B,T,C]
         att_a, att_v = self.jca(self.encoder1(audio), self.encoder2(pooled))
         gamma, beta = self.out_v(att_v).unsqueeze(2).chunk(2, dim=-1)  # [B,T,1,C] each

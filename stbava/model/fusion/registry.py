@@ -130,6 +130,14 @@ def check_inputs(image: torch.Tensor, audio: torch.Tensor, *, embed_dim: int, au
     return image.to(dtype), audio.to(dtype)
 
 
+def map_tokens(module: nn.Module, image: torch.Tensor, audio: torch.Tensor, dtype: torch.dtype
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`check_inputs` against ``module``'s sizes, plus the map as tokens ``[B,T,HW,C]``."""
+    image, audio = check_inputs(image, audio, embed_dim=module.embed_dim, audio_dim=module.audio_dim,
+                                grid=module.grid, dtype=dtype)
+    return image, audio, image.flatten(3).transpose(2, 3)
+
+
 def token_pair(token: torch.Tensor) -> torch.Tensor:
     """``[B,T,C]`` -> ``[B,T,2,C]``: the token twice, ST-BAVA's sparse-prompt convention (REFERENCE §5)."""
     return token.unsqueeze(2).expand(-1, -1, 2, -1)
