@@ -223,7 +223,7 @@ class Trainer:
         model = self.dist.wrap(self.net)
         n = len(train_ds)  # type: ignore[arg-type]
         last_val: EvalResult | None = None
-        stop = False
+        stop = bool(self.tc.max_steps and self.state.step >= self.tc.max_steps)  # a resumed finished run: no step
         while self.state.epoch < self.tc.epochs and not stop:
             stop, rate = self.train_epoch(model, train_ds, progress)
             n_batches = len(epoch_batches(n, self.tc.batch_size, self.tc.seed, self.state.epoch, self.dist))

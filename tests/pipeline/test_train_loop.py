@@ -161,3 +161,16 @@ def test_truncated_checkpoint_is_a_clear_error(tmp_path):
     p.write_bytes(p.read_bytes()[: p.stat().st_size // 2])
     with pytest.raises(CheckpointFormatError, match="damaged"):
         read_checkpoint(p)
+
+
+def test_rerunning_a_run_that_reached_max_steps_trains_no_further_step(tmp_path):
+    """The same command again on a finished max_steps run used to train one more step (2 -> 3)."""
+    data = RandomClips(6, 5)
+    cfg = _cfg(epochs=3, max_steps=2)
+    kw = dict(kind="fusion", fingerprint=None, trainable=trainable_predicate(FUSION_PREFIXES),
+              device=torch.device("cpu"), progress=False)
+    assert fit(cfg, build_fusion_net(cfg), data, None, tmp_path / "r", **kw)["steps"] == 2
+    before = read_checkpoint(tmp_path / "r" / "last.pt")["weights"]
+    assert fit(cfg, build_fusion_net(cfg), data, None, tmp_path / "r", **kw)["steps"] == 2
+    after = read_checkpoint(tmp_path / "r" / "last.pt")["weights"]
+    assert all(torch.equal(before[k], after[k]) for k in before)
