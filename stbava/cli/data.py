@@ -33,14 +33,17 @@ def check_data_cmd(data_root: Path, subset: str, frames: int, workers: int | Non
 @click.option("--clips-per-split", default=8, show_default=True, help="Clips in each of train/val/test.")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--frames", default=5, show_default=True, help="Frames (and seconds of audio) per clip.")
-def synth_cmd(out: Path, subset: str, clips_per_split: int, seed: int, frames: int) -> None:
-    """Write a synthetic dataset in the AVSBench layout under OUT (objects whose sounds switch on/off)."""
+@click.option("--rules", default="temporal", show_default=True, type=click.Choice(["temporal", "independent"]),
+              help="Who sounds when: 'temporal' (sources persist through drowned or paused seconds, or hand "
+                   "over), 'independent' (a fresh sounding set every second).")
+def synth_cmd(out: Path, subset: str, clips_per_split: int, seed: int, frames: int, rules: str) -> None:
+    """Write a synthetic dataset in the AVSBench layout under OUT (see stbava/data/synthetic_audio.py)."""
     import time
 
     from stbava.data.synthetic import write_synthetic
 
     t0 = time.perf_counter()
     with cli_errors():
-        root = write_synthetic(out, subset, clips_per_split, seed, frames=frames)
+        root = write_synthetic(out, subset, clips_per_split, seed, frames=frames, rules=rules)
     click.echo(f"wrote {3 * clips_per_split} {subset} clips to {root} in {time.perf_counter() - t0:.1f} s "
                f"(use --data-root {root})")

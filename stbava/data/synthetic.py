@@ -1,25 +1,25 @@
 """A small synthetic AVSBench: same on-disk layout, so the same readers, cache and metrics serve both.
 
-Why it is built this way: the task has to *need* audio and time, otherwise a model that ignores audio
+Why it is built this way: the task has to *need* audio and time, otherwise a model that ignores either
 looks fine on it (ENV-NOTES §7). Each clip shows 2-3 objects of different classes; every class has its
 own look (colour + shape) and its own sound (harmonic tone with a class fundamental, overtone profile and
-pulse rhythm), mixed with noise. Which of the visible objects is sounding can only be read from the audio:
-
-- S4 style: one sounding object plus 1-2 silent distractors; the sounding one is drawn at random among
-  the visible objects, so every class appears both as source and as distractor.
-- MS3 style: 2-3 objects whose sounds switch on and off per frame; in every frame at least one present
-  object sounds and at least one is silent, and the sounding set changes within the clip.
+pulse rhythm), mixed with noise. Which of the visible objects is sounding can only be read from the audio,
+and who sounds when follows the rules of ``synthetic_audio`` ('temporal' by default: a source keeps
+sounding while its sound is drowned or paused for a second or two, or hands over to another; or the first
+generator's 'independent' per-second draw). The sounding objects are drawn at random among the visible
+ones, so every class appears both as source and as distractor.
 
 Each frame's mask is the union of the visible pixels of the objects sounding in that frame's audio
-segment. Audio segment k is aligned with the VGGish example paired with frame k+1, i.e. it spans
-[0.96k, 0.96(k+1)) s (the last one runs to the end of the clip), so each 0.96 s example hears exactly
-one sounding state. Objects drift a few pixels per frame over a textured, noisy background.
+segment (heard or not, as AVSBench marks a source in every frame). Objects drift a few pixels per frame
+over a textured, noisy background. Besides the AVSBench files, ``synthetic_truth.json`` in the subset root
+records each clip's objects, sounding states and hearing conditions, for analysis (no reader needs it).
 Everything is drawn from ``numpy.random.default_rng`` seeded per clip, so output is deterministic.
 """
 
 from __future__ import annotations
 
 import csv
+import json
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -29,11 +29,14 @@ from typing import Mapping
 import numpy as np
 from PIL import Image
 
-from stbava.data.clips import SPLITS, SUBSETS, csv_name, subset_dir_name
+from stbava.atomic import atomic_write_text
+from stbava.data.clips import SPLITS, SUBSETS, DataError, csv_name, subset_dir_name
+from stbava.data.synthetic_audio import HEARING, RULES, SAMPLE_RATE, SEGMENT_SECONDS, draw_schedule, mix
+
+__all__ = ["CLASSES", "RULES", "SEGMENT_SECONDS", "TRUTH_FILE", "SynthClip", "render_clip", "write_synthetic"]
 
 SIZE = 224
-SAMPLE_RATE = 16000
-SEGMENT_SECONDS = 0.96  # VGGish example length: audio segment k = example k = frame k+1
+TRUTH_FILE = "synthetic_truth.json"
 _Z_RLE = 3  # zlib strategy: about as small as the default for noisy frames, faster to write
 
 
@@ -65,7 +68,8 @@ class SynthClip:
 
     Attributes:
         classes: class index of each object, in painting order.
-        sounding: [T, n_objects] bool, which object sounds in each frame's audio segment.
+        sounding: [T, n_objects] bool, which object sounds in each frame's audio segment (heard or not).
+        hearing: [T] int8, per second CLEAR / DROWNED / PAUSE (``synthetic_audio``).
         frames: uint8 [T,224,224,3] RGB.
         labels: int8 [T,224,224] visible object index per pixel, -1 for background.
         masks: bool [T,224,224] union of the sounding objects' visible pixels.
@@ -74,6 +78,7 @@ class SynthClip:
 
     classes: list[int]
     sounding: np.ndarray
+    hearing: np.ndarray
     frames: np.ndarray
     labels: np.ndarray
     masks: np.ndarray
@@ -121,22 +126,6 @@ def _place(rng: np.random.Generator, radii: np.ndarray) -> np.ndarray:
     return centres
 
 
-def _sounding_states(rng: np.random.Generator, n_obj: int, frames: int, subset: str) -> np.ndarray:
-    if subset == "s4":
-        states = np.zeros((frames, n_obj), bool)
-        states[:, rng.integers(n_obj)] = True
-        return states
-    # MS3: each frame a non-empty proper subset sounds; resample until the set changes within the clip.
-    for _ in range(100):
-        states = np.zeros((frames, n_obj), bool)
-        for t in range(frames):
-            k = rng.integers(1, n_obj)  # 1 .. n_obj-1 sources
-            states[t, rng.choice(n_obj, size=k, replace=False)] = True
-        if frames == 1 or (states != states[0]).any():
-            break
-    return states
-
-
 def _background(rng: np.random.Generator) -> np.ndarray:
     base = rng.uniform(60, 160, size=3).astype(np.float32)
     blobs = rng.normal(0.0, 22.0, size=(6, 6, 3)).astype(np.float32)
@@ -147,44 +136,14 @@ def _background(rng: np.random.Generator) -> np.ndarray:
     return base + low
 
 
-def _tone(rng: np.random.Generator, cls: SynthClass, t: np.ndarray) -> np.ndarray:
-    """Class sound: harmonic series with a little per-clip pitch jitter, gated by the class rhythm."""
-    f0 = cls.f0 * rng.uniform(0.98, 1.02)
-    theta = np.float32(2 * np.pi * f0) * t + np.float32(rng.uniform(0, 2 * np.pi))
-    two_cos, s_prev, s_cur = 2 * np.cos(theta), np.zeros_like(t), np.sin(theta)
-    x = np.zeros_like(t)
-    for a in cls.harmonics:  # sin(h*theta) by the Chebyshev recurrence: one trig call for all harmonics
-        x += a * s_cur
-        s_prev, s_cur = s_cur, two_cos * s_cur - s_prev
-    x *= np.float32(1.0 / sum(cls.harmonics))
-    if cls.pulse_hz > 0:
-        u = (t * np.float32(cls.pulse_hz) + np.float32(rng.uniform())) % np.float32(1.0)
-        x *= np.where(u < 0.5, np.sin(np.float32(2 * np.pi) * u) ** 2, np.float32(0.0))
-    return x
-
-
-def _gate(states: np.ndarray, n: int) -> np.ndarray:
-    """Per-sample on/off of one object from its per-segment state, with 5 ms ramps inside the segments."""
-    seglen = SEGMENT_SECONDS * SAMPLE_RATE
-    g = states[np.minimum((np.arange(n) / seglen).astype(int), len(states) - 1)].astype(np.float32)
-    ramp = SAMPLE_RATE // 200
-    rise = (np.sin(0.5 * np.pi * np.arange(1, ramp + 1) / ramp) ** 2).astype(np.float32)
-    for k in range(1, len(states)):
-        b = round(k * seglen)
-        if states[k - 1] and not states[k]:
-            g[b - ramp : b] *= rise[::-1]
-        elif states[k] and not states[k - 1]:
-            g[b : b + ramp] *= rise
-    return g
-
-
-def render_clip(rng: np.random.Generator, subset: str, frames: int = 5) -> SynthClip:
+def render_clip(rng: np.random.Generator, subset: str, frames: int = 5, rules: str = "temporal") -> SynthClip:
     """Draw one clip: objects, their sounding states, T frames, T masks and the waveform.
 
     Args:
         rng: source of randomness (one per clip keeps clips independent of each other).
         subset: 's4' (one source + silent distractors) or 'ms3' (sources switching per frame).
         frames: frames per clip; the audio lasts ``frames`` seconds.
+        rules: who sounds when: 'temporal' or 'independent' (``synthetic_audio`` docstring).
 
     Returns:
         The rendered ``SynthClip``.
@@ -196,7 +155,8 @@ def render_clip(rng: np.random.Generator, subset: str, frames: int = 5) -> Synth
     angle = rng.uniform(0, 2 * np.pi, size=n_obj)
     vel = np.stack([np.cos(angle), np.sin(angle)], 1) * rng.uniform(1.5, 4.0, size=(n_obj, 1))
     colors = np.array([CLASSES[c].color for c in classes], np.float32) + rng.uniform(-15, 15, size=(n_obj, 3))
-    sounding = _sounding_states(rng, n_obj, frames, subset)
+    schedule = draw_schedule(rng, n_obj, frames, subset, rules)
+    sounding = schedule.sounding
 
     bg = _background(rng)
     noise = 7.0 * rng.standard_normal(size=(SIZE + 16, SIZE + 16, 3), dtype=np.float32)
@@ -219,14 +179,9 @@ def render_clip(rng: np.random.Generator, subset: str, frames: int = 5) -> Synth
         for i in np.flatnonzero(sounding[t]):
             masks[t] |= labels[t] == i
 
-    n = frames * SAMPLE_RATE
-    tt = np.arange(n, dtype=np.float32) / np.float32(SAMPLE_RATE)
-    wav = np.float32(rng.uniform(0.01, 0.04)) * rng.standard_normal(n, dtype=np.float32)
-    for i in range(n_obj):
-        if sounding[:, i].any():
-            wav += np.float32(rng.uniform(0.15, 0.3)) * _tone(rng, CLASSES[classes[i]], tt) * _gate(sounding[:, i], n)
-    wav = np.clip(wav, -1.0, 32767 / 32768).astype(np.float32)
-    return SynthClip(classes, sounding, imgs, labels, masks, wav)
+    voices = [(CLASSES[c].f0, CLASSES[c].harmonics, CLASSES[c].pulse_hz) for c in classes]
+    wav = mix(rng, voices, schedule)
+    return SynthClip(classes, sounding, schedule.hearing, imgs, labels, masks, wav)
 
 
 def _write_png(arr: np.ndarray, path: Path) -> None:
@@ -235,8 +190,8 @@ def _write_png(arr: np.ndarray, path: Path) -> None:
     Image.fromarray(arr).save(path, compress_level=1, compress_type=_Z_RLE)
 
 
-def _write_clip(root: Path, subset: str, split: str, vid: str, clip: SynthClip) -> list[str]:
-    """Write one clip's files in the AVSBench layout; returns its metadata CSV row."""
+def _write_clip(root: Path, subset: str, split: str, vid: str, clip: SynthClip) -> tuple[list[str], dict]:
+    """Write one clip's files in the AVSBench layout; returns its metadata CSV row and its truth record."""
     import soundfile as sf
 
     frames = clip.frames.shape[0]
@@ -262,11 +217,13 @@ def _write_clip(root: Path, subset: str, split: str, vid: str, clip: SynthClip) 
         _write_png(clip.masks[k - 1].astype(np.uint8) * 255, mask_dir / f"{vid}_{k}.png")
     wav_path.parent.mkdir(parents=True, exist_ok=True)
     sf.write(str(wav_path), np.round(clip.wav * 32768).astype(np.int16), SAMPLE_RATE, subtype="PCM_16")
-    return row
+    truth = {"classes": [CLASSES[c].name for c in clip.classes], "sounding": clip.sounding.astype(int).tolist(),
+             "hearing": [HEARING[h] for h in clip.hearing]}
+    return row, truth
 
 
 def write_synthetic(out: str | Path, subset: str, clips_per_split: int | Mapping[str, int], seed: int,
-                    frames: int = 5) -> Path:
+                    frames: int = 5, rules: str = "temporal") -> Path:
     """Write a synthetic dataset in the exact AVSBench layout (REFERENCE §1) under ``out``.
 
     Files: the metadata CSV, 224x224 RGB PNG frames, 16 kHz int16 mono wav of ``frames`` seconds, and
@@ -281,22 +238,28 @@ def write_synthetic(out: str | Path, subset: str, clips_per_split: int | Mapping
         clips_per_split: clips written for each of train, val and test (or a {split: count} mapping).
         seed: base seed; clip i of split s uses ``default_rng([seed, subset, s, i])``.
         frames: frames (and seconds of audio) per clip.
+        rules: who sounds when, 'temporal' or 'independent' (``synthetic_audio``).
 
     Returns:
         The subset root (``out/Single-source`` or ``out/Multi-sources``), usable as ``--data-root``.
     """
+    if rules not in RULES:
+        raise DataError(f"unknown synthetic rules {rules!r}; choose one of {', '.join(RULES)}")
     root = Path(out) / subset_dir_name(subset)
     root.mkdir(parents=True, exist_ok=True)
     counts = dict(clips_per_split) if isinstance(clips_per_split, Mapping) else dict.fromkeys(SPLITS, clips_per_split)
     jobs = [(si, split, i) for si, split in enumerate(SPLITS) for i in range(counts.get(split, 0))]
 
-    def job(j: tuple[int, str, int]) -> list[str]:
+    def job(j: tuple[int, str, int]) -> tuple[list[str], dict]:
         si, split, i = j
         rng = np.random.default_rng([seed, SUBSETS.index(subset), si, i])
-        return _write_clip(root, subset, split, f"syn_{split}_{i:04d}", render_clip(rng, subset, frames))
+        return _write_clip(root, subset, split, f"syn_{split}_{i:04d}", render_clip(rng, subset, frames, rules))
 
     with ThreadPoolExecutor(max_workers=min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 2)) as ex:
-        rows = list(ex.map(job, jobs))
+        written = list(ex.map(job, jobs))
+    rows = [row for row, _ in written]
+    truth = {"rules": rules, "seed": seed, "clips": {row[0]: t for row, t in written}}
+    atomic_write_text(root / TRUTH_FILE, json.dumps(truth) + "\n")
     header = ["name", "start_time", "category", "split"] if subset == "s4" else ["name", "split"]
     with (root / csv_name(subset)).open("w", newline="") as f:
         w = csv.writer(f)

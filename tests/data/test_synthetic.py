@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import hashlib
+import json
 
 import numpy as np
 import pytest
@@ -11,7 +13,7 @@ from PIL import Image
 
 from stbava.data.clips import DataError, load_clips
 from stbava.data.io import load_audio, read_frame, read_mask
-from stbava.data.synthetic import CLASSES, SEGMENT_SECONDS, render_clip, write_synthetic
+from stbava.data.synthetic import CLASSES, SEGMENT_SECONDS, TRUTH_FILE, render_clip, write_synthetic
 
 
 @pytest.fixture(scope="module")
@@ -71,6 +73,12 @@ def test_files_equal_in_memory_render(ms3_root):
         np.testing.assert_array_equal(read_frame(c.frame_paths[k]), clip.frames[k])
         np.testing.assert_array_equal(read_mask(c.mask_paths[k]), clip.masks[k].astype(np.float32))
     np.testing.assert_allclose(load_audio(c.wav_path), clip.wav, atol=1 / 32768)
+    truth = json.loads((ms3_root / TRUTH_FILE).read_text())
+    assert truth["rules"] == "temporal" and sorted(truth["clips"]) == sorted(x.id for x in load_clips(ms3_root, "ms3"))
+    rec = truth["clips"][c.id]
+    assert rec["classes"] == [CLASSES[k].name for k in clip.classes]
+    assert rec["sounding"] == clip.sounding.astype(int).tolist()
+    assert rec["hearing"] == [["clear", "drowned", "pause"][h] for h in clip.hearing]
 
 
 def test_deterministic_for_a_seed(tmp_path, ms3_root):
@@ -100,8 +108,8 @@ def _segment_peak(wav: np.ndarray, k: int, f0: float) -> float:
 
 
 @pytest.mark.parametrize("seed", range(6))
-def test_ms3_sources_switch_and_masks_are_union_of_sounding(seed):
-    c = render_clip(np.random.default_rng(seed), "ms3")
+def test_ms3_independent_sources_switch_and_masks_are_union_of_sounding(seed):
+    c = render_clip(np.random.default_rng(seed), "ms3", rules="independent")
     n = len(c.classes)
     assert 2 <= n <= 3 and len(set(c.classes)) == n
     assert c.sounding.shape == (5, n)
@@ -123,8 +131,8 @@ def test_ms3_sources_switch_and_masks_are_union_of_sounding(seed):
 
 
 @pytest.mark.parametrize("seed", range(6))
-def test_audio_segment_k_carries_exactly_the_sounding_classes(seed):
-    c = render_clip(np.random.default_rng(100 + seed), "ms3")
+def test_independent_audio_segment_k_carries_exactly_the_sounding_classes(seed):
+    c = render_clip(np.random.default_rng(100 + seed), "ms3", rules="independent")
     for k in range(5):
         on = [_segment_peak(c.wav, k, CLASSES[c.classes[i]].f0) for i in np.flatnonzero(c.sounding[k])]
         off = [_segment_peak(c.wav, k, CLASSES[c.classes[i]].f0) for i in np.flatnonzero(~c.sounding[k])]
@@ -158,3 +166,76 @@ def test_background_is_textured():
     assert bg.std(axis=0).min() > 5.0  # not a flat colour
     both = (c.labels[0] < 0) & (c.labels[1] < 0)
     assert np.abs(c.frames[0][both].astype(int) - c.frames[1][both]).mean() > 2.0  # fresh pixel noise per frame
+
+
+def _tone_to_noise(wav: np.ndarray, k: int, f0: float) -> float:
+    """Spectral peak at the class fundamental over the median level just above it (no harmonic lies there)."""
+    seg = wav[round(k * SEGMENT_SECONDS * 16000) : round((k + 1) * SEGMENT_SECONDS * 16000)]
+    spec = np.abs(np.fft.rfft(seg * np.hanning(seg.shape[0])))
+    f = np.fft.rfftfreq(seg.shape[0], 1 / 16000)
+    return float(spec[(f > f0 * 0.975) & (f < f0 * 1.025)].max() / np.median(spec[(f > f0 * 1.1) & (f < f0 * 1.4)]))
+
+
+def _kind(c) -> str:
+    return "handover" if c.sounding.any(axis=0).sum() == 2 else "steady"
+
+
+@pytest.fixture(scope="module")
+def temporal_clips():
+    return [render_clip(np.random.default_rng([3, s]), "ms3") for s in range(150)]
+
+
+def test_temporal_steady_and_handover_schedules(temporal_clips):
+    kinds = {"steady": 0, "handover": 0}
+    hidden = 0
+    for c in temporal_clips:
+        kinds[_kind(c)] += 1
+        assert (c.sounding.sum(axis=1) == 1).all()  # one source per second
+        hidden += int((c.hearing > 0).sum())
+        if _kind(c) == "handover":
+            a, b = np.flatnonzero(c.sounding[0])[0], np.flatnonzero(c.sounding[-1])[0]
+            k = int(c.sounding[:, a].sum())
+            assert a != b and c.sounding[:k, a].all() and c.sounding[k:, b].all()  # A then B, one switch
+            assert (c.hearing == 0).all()  # nothing hidden: every second can be read on its own
+        else:
+            assert (c.sounding == c.sounding[0]).all() and (c.hearing > 0).sum() <= 2
+        for t in range(5):  # the mask marks the source whether it is heard or not
+            np.testing.assert_array_equal(c.masks[t], np.isin(c.labels[t], np.flatnonzero(c.sounding[t])))
+            assert c.masks[t].any()
+    assert 0.2 <= kinds["handover"] / len(temporal_clips) <= 0.4
+    assert 0.1 <= hidden / (5 * len(temporal_clips)) <= 0.25
+    assert {h for c in temporal_clips for h in c.hearing} == {0, 1, 2}
+
+
+def test_temporal_hidden_seconds_cannot_be_heard(temporal_clips):
+    ratios: dict[int, list[float]] = {0: [], 1: [], 2: []}
+    for c in temporal_clips:
+        for t in range(5):
+            src = int(np.flatnonzero(c.sounding[t])[0])
+            ratios[int(c.hearing[t])].append(_tone_to_noise(c.wav, t, CLASSES[c.classes[src]].f0))
+        seg = c.wav[: 5 * 15360].reshape(5, 15360)
+        assert (seg[c.hearing == 1].std(axis=1) > 0.11).all()  # drowned: loud noise (the floor's std is <= 0.04)
+        assert (seg[c.hearing == 2].std(axis=1) < 0.045).all()  # paused: only the quiet floor
+    assert min(ratios[0]) > 15  # a clear second: the source's tone stands far above the floor
+    assert max(ratios[1]) < 5 and max(ratios[2]) < 5  # drowned / paused: the tone is under the noise
+    assert len(ratios[1]) > 20 and len(ratios[2]) > 20
+
+
+def test_unknown_rules_is_a_clear_error(tmp_path):
+    with pytest.raises(DataError, match="unknown synthetic rules 'sometimes'"):
+        write_synthetic(tmp_path, "ms3", clips_per_split=1, seed=0, rules="sometimes")
+    assert not (tmp_path / "Multi-sources").exists()
+
+
+@pytest.mark.parametrize("subset, digest", [
+    ("s4", "001df14ca6d911474f94df1979190fa88a911c8e0980e21251dc5c9ec429f040"),
+    ("ms3", "8225a3cf223df3540a64ccc516d822b428afb5bc1a168e14e4e8f3706f0884b6"),
+])
+def test_independent_rules_reproduce_the_first_generator(subset, digest):
+    # digests of the same clip rendered by the generator before the 'temporal' rules (commit 4798401), so data
+    # and results made with it (README tables) can be made again bit for bit
+    c = render_clip(np.random.default_rng(5), subset, rules="independent")
+    h = hashlib.sha256()
+    for a in (c.frames, c.masks, c.wav, c.sounding):
+        h.update(np.ascontiguousarray(a).tobytes())
+    assert h.hexdigest() == digest
