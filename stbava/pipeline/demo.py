@@ -1,8 +1,10 @@
 """``make demo``: the whole pipeline on the embedded synthetic MS3-style data, on a CPU, in minutes.
 
-synth -> extract (tiny SAM encoder + random VGGish) -> train fusion (full, and without temporal attention)
--> evaluate on test (own audio, shuffled audio, no temporal) -> results table, overlays, similarity figure.
-The shuffled-audio row is the honesty check: a model that ignores audio scores the same with any clip's audio.
+synth ('temporal' rules) -> extract (tiny SAM encoder + random VGGish) -> train fusion (full, and without
+temporal attention) -> evaluate on test (own audio, shuffled audio, no temporal) -> results table, overlays,
+similarity figure. The shuffled-audio row is the honesty check: a model that ignores audio scores the same
+with any clip's audio. The per-condition columns show where time matters: in drowned or paused seconds
+only the clip's other seconds tell which object sounds.
 """
 
 from __future__ import annotations
@@ -31,13 +33,22 @@ def demo_config(path: str | Path | None = None) -> Config:
                               "train": {"epochs": 16, "batch_size": 4, "lr": 3e-4}})
 
 
-def _row(name: str, report: dict[str, Any]) -> dict[str, Any]:
-    return {"model": name, "miou": report["miou"], "fscore": report["fscore"], "clips": report["clips"]}
+GROUPS = ("clear", "drowned", "pause", "handover")  # frame groups of the hearing breakdown
+
+
+def _row(name: str, report: dict[str, Any], groups: dict[str, dict[str, float]]) -> dict[str, Any]:
+    return {"model": name, "miou": report["miou"], "fscore": report["fscore"], "clips": report["clips"],
+            "frame_miou": {g: v["miou"] for g, v in groups.items()}}
 
 
 def results_table(rows: list[dict[str, Any]]) -> str:
-    lines = ["| model (synthetic MS3 test split) | mIoU | F-score | clips |", "|---|---|---|---|"]
-    lines += [f"| {r['model']} | {r['miou']:.4f} | {r['fscore']:.4f} | {r['clips']} |" for r in rows]
+    """Markdown: mIoU / F per model, then the mean frame IoU of clear, drowned and paused seconds and of
+    hand-over clips (``pipeline/hearing.py``)."""
+    lines = ["| model (synthetic MS3 test split) | mIoU | F-score | " + " | ".join(f"{g} frames" for g in GROUPS)
+             + " | clips |", "|---|---|---|" + "---|" * (len(GROUPS) + 1)]
+    for r in rows:
+        cells = [f"{r['frame_miou'][g]:.3f}" if g in r["frame_miou"] else "-" for g in GROUPS]
+        lines.append(f"| {r['model']} | {r['miou']:.4f} | {r['fscore']:.4f} | {' | '.join(cells)} | {r['clips']} |")
     return "\n".join(lines)
 
 
@@ -47,6 +58,7 @@ def run_demo(out: str | Path, *, config: str | Path | None = None, clips: tuple[
     from stbava.data.synthetic import write_synthetic
     from stbava.pipeline.evaluate import run_eval
     from stbava.pipeline.extract import run_extraction
+    from stbava.pipeline.hearing import HearingBreakdown
     from stbava.pipeline.stage2 import train_fusion
 
     out = Path(out)
@@ -70,16 +82,19 @@ def run_demo(out: str | Path, *, config: str | Path | None = None, clips: tuple[
 
     t = time.perf_counter()
     full_ckpt = out / "runs" / "full" / "best.pt"
+    hooks = {k: HearingBreakdown(data_root / "Multi-sources") for k in ("full", "shuffled", "no_t")}
     _, full = run_eval(full_ckpt, data_root, "test", out / "eval" / "full.json", cache=cache, device=device,
-                       overlays=4, figures=3, progress=progress)
+                       overlays=4, figures=3, progress=progress, on_batch=hooks["full"])
     _, shuffled = run_eval(full_ckpt, data_root, "test", out / "eval" / "full_shuffled_audio.json", cache=cache,
-                           device=device, shuffle_audio=True, progress=progress)
+                           device=device, shuffle_audio=True, progress=progress, on_batch=hooks["shuffled"])
     _, no_t = run_eval(out / "runs" / "no_temporal" / "best.pt", data_root, "test", out / "eval" / "no_temporal.json",
-                       cache=cache, device=device, progress=progress)
+                       cache=cache, device=device, progress=progress, on_batch=hooks["no_t"])
     timings["eval_s"] = time.perf_counter() - t
     timings["total_s"] = time.perf_counter() - t0
-    rows = [_row("ST-BAVA (full)", full), _row("same model, shuffled audio", shuffled),
-            _row("trained without temporal attention", no_t)]
+    groups = {k: h.summary() for k, h in hooks.items()}
+    rows = [_row("ST-BAVA (full)", full, groups["full"]),
+            _row("same model, shuffled audio", shuffled, groups["shuffled"]),
+            _row("trained without temporal attention", no_t, groups["no_t"])]
     results = {"rows": rows, "timings": timings, "config": cfg.to_dict(),
                "figures": full.get("similarity_figures", []), "overlays": str(out / "eval" / "overlays")}
     atomic_write_text(out / "results.json", json.dumps(results, indent=2) + "\n")

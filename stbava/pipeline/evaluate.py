@@ -123,12 +123,14 @@ def run_eval(checkpoint: str | Path, data_root: str | Path, split: str, out: str
              cache: str | Path | None = None, device: str = "auto", batch_size: int = 4,
              save_masks: str | Path | None = None, overlays: int = 0, figures: int = 0,
              shuffle_audio: bool = False, progress: bool = True, amp: str = "off",
-             search: WeightSearch | None = None) -> tuple[EvalResult, dict[str, Any]]:
+             search: WeightSearch | None = None,
+             on_batch: Callable[[Batch, torch.Tensor], None] | None = None) -> tuple[EvalResult, dict[str, Any]]:
     """Evaluate ``checkpoint`` on ``split``; write the JSON report to ``out`` (and artefacts beside it).
 
     ``amp``: ``off`` (default) runs the network in float32, whatever ``train.amp`` the checkpoint was trained
     with, so the reported "exact" metrics come from float32 logits; ``bf16`` autocasts the network only.
     ``search``: where a stage-three checkpoint's encoder weight files are looked for (raw-frame eval).
+    ``on_batch``: also called with each batch and its logits (as in :func:`evaluate_net`).
     """
     from stbava.pipeline.eval_outputs import BatchWriter, save_similarity_figures
     from stbava.pipeline.restore import restore_net
@@ -147,7 +149,14 @@ def run_eval(checkpoint: str | Path, data_root: str | Path, split: str, out: str
         # every rank writes the masks of its own clips; overlays come from rank 0's clips only
         writer = BatchWriter({c.id: c for c in clips}, Path(save_masks) if save_masks else None,
                              out_dir / "overlays" if overlays and dist.is_main else None, overlays)
-    result = evaluate_net(net, ds, dev, batch_size=batch_size, amp=amp, progress=progress, on_batch=writer)
+    hooks = [h for h in (writer, on_batch) if h is not None]
+
+    def each_batch(batch: Batch, logits: torch.Tensor) -> None:
+        for h in hooks:
+            h(batch, logits)
+
+    result = evaluate_net(net, ds, dev, batch_size=batch_size, amp=amp, progress=progress,
+                          on_batch=each_batch if hooks else None)
     report = report_dict(result, subset=cfg.subset, split=split, shuffled_audio=shuffle_audio,
                          checkpoint=str(payload["path"]), checkpoint_digest=file_sha256(payload["path"]),
                          checkpoint_kind=payload["kind"], cache=str(cache) if cache else None,

@@ -36,7 +36,14 @@ def test_demo_pipeline_writes_results_table(tmp_path):
     assert all(0.0 <= r["miou"] <= 1.0 and r["clips"] == 3 for r in res["rows"])
     saved = json.loads((tmp_path / "out" / "results.json").read_text())
     assert saved["rows"] == res["rows"]
-    assert "| ST-BAVA (full) |" in (tmp_path / "out" / "results.md").read_text()
+    md = (tmp_path / "out" / "results.md").read_text()
+    assert "| ST-BAVA (full) |" in md and "| clear frames | drowned frames | pause frames |" in md
+    truth = json.loads((tmp_path / "out" / "data" / "Multi-sources" / "synthetic_truth.json").read_text())
+    assert truth["rules"] == "temporal"
+    n_clear = sum(h == "clear" for k, c in truth["clips"].items() if "test" in k for h in c["hearing"])
+    for r in res["rows"]:  # the breakdown counts every test frame of its condition
+        assert 0.0 <= r["frame_miou"]["clear"] <= 1.0
+    assert n_clear > 0
     # `all()` of an empty glob is True, so name the files: 3 similarity figures (one per test clip) + 3 overlays
     figures = sorted((tmp_path / "out" / "eval").glob("similarity_*.png"))
     assert [f.name for f in figures] == [f"similarity_syn_test_{i:04d}.png" for i in range(3)]

@@ -1,0 +1,42 @@
+"""The hearing breakdown groups AVSBench frame IoUs by the synthetic truth file's conditions."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from stbava.data.synthetic import TRUTH_FILE
+from stbava.pipeline.hearing import HearingBreakdown
+from stbava.pipeline.sources import Batch
+
+
+def _truth(root, clips):
+    (root / TRUTH_FILE).write_text(json.dumps({"rules": "temporal", "seed": 0, "clips": clips}))
+
+
+def test_frame_ious_by_condition_and_kind(tmp_path):
+    _truth(tmp_path, {
+        "a": {"classes": ["x", "y"], "sounding": [[1, 0]] * 3, "hearing": ["clear", "drowned", "pause"]},
+        "b": {"classes": ["x", "y"], "sounding": [[1, 0], [0, 1], [0, 1]], "hearing": ["clear"] * 3},
+    })
+    masks = torch.zeros(2, 3, 224, 224)
+    masks[:, :, :112] = 1  # every frame: the top half sounds
+    logits = torch.full((2, 3, 224, 224), -5.0)
+    logits[0, 0, :112] = 5  # a: clear frame exact (IoU 1), drowned frame empty (0)
+    logits[0, 2, :56] = 5  # a: paused frame, a quarter predicted (IoU 0.5)
+    logits[1, :, :] = 5  # b: everything predicted (IoU 0.5), its last frame not annotated
+    valid = torch.tensor([[True, True, True], [True, True, False]])
+    h = HearingBreakdown(tmp_path)
+    h(Batch(["a", "b"], masks, valid), logits)
+    got = h.summary()
+    assert got["drowned"] == {"miou": pytest.approx(0.0, abs=1e-6), "frames": 1}
+    assert got["pause"]["miou"] == pytest.approx(0.5, abs=1e-6)
+    assert got["clear"] == {"miou": pytest.approx((1 + 0.5 + 0.5) / 3, abs=1e-6), "frames": 3}
+    assert got["steady"]["frames"] == 3 and got["handover"] == {"miou": pytest.approx(0.5, abs=1e-6), "frames": 2}
+
+
+def test_data_without_truth_file_is_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match=str(tmp_path / TRUTH_FILE)):
+        HearingBreakdown(tmp_path)
