@@ -30,7 +30,7 @@ def demo_config(path: str | Path | None = None) -> Config:
     if p.is_file():
         return load_config(p)
     return load_config(None, {"subset": "ms3", "model": {"depth": 2},
-                              "train": {"epochs": 16, "batch_size": 4, "lr": 3e-4}})
+                              "train": {"epochs": 16, "batch_size": 2, "lr": 3e-4}})
 
 
 GROUPS = ("clear", "drowned", "pause", "handover")  # frame groups of the hearing breakdown
