@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, Dataset
 from stbava.atomic import atomic_write_text
 from stbava.checkpoint import check_compatible, read_checkpoint
 from stbava.config import Config
-from stbava.data.clips import Clip, DataError, load_clips
+from stbava.data.clips import Clip, DataError, load_clips, resolve_subset_root
 from stbava.device import autocast, resolve_device
 from stbava.digest import file_sha256
 from stbava.encoders.weights import WeightSearch
@@ -123,16 +123,18 @@ def run_eval(checkpoint: str | Path, data_root: str | Path, split: str, out: str
              cache: str | Path | None = None, device: str = "auto", batch_size: int = 4,
              save_masks: str | Path | None = None, overlays: int = 0, figures: int = 0,
              shuffle_audio: bool = False, progress: bool = True, amp: str = "off",
-             search: WeightSearch | None = None,
-             on_batch: Callable[[Batch, torch.Tensor], None] | None = None) -> tuple[EvalResult, dict[str, Any]]:
+             search: WeightSearch | None = None) -> tuple[EvalResult, dict[str, Any]]:
     """Evaluate ``checkpoint`` on ``split``; write the JSON report to ``out`` (and artefacts beside it).
 
     ``amp``: ``off`` (default) runs the network in float32, whatever ``train.amp`` the checkpoint was trained
     with, so the reported "exact" metrics come from float32 logits; ``bf16`` autocasts the network only.
     ``search``: where a stage-three checkpoint's encoder weight files are looked for (raw-frame eval).
-    ``on_batch``: also called with each batch and its logits (as in :func:`evaluate_net`).
+    On data written by ``stbava synth`` (a ``synthetic_truth.json`` in the subset root) the report also has
+    ``frame_miou_by_hearing``: mean frame IoU of clear / drowned / paused seconds and hand-over clips.
     """
+    from stbava.data.synthetic import TRUTH_FILE
     from stbava.pipeline.eval_outputs import BatchWriter, save_similarity_figures
+    from stbava.pipeline.hearing import HearingBreakdown
     from stbava.pipeline.restore import restore_net
 
     payload = read_checkpoint(checkpoint)
@@ -149,7 +151,9 @@ def run_eval(checkpoint: str | Path, data_root: str | Path, split: str, out: str
         # every rank writes the masks of its own clips; overlays come from rank 0's clips only
         writer = BatchWriter({c.id: c for c in clips}, Path(save_masks) if save_masks else None,
                              out_dir / "overlays" if overlays and dist.is_main else None, overlays)
-    hooks = [h for h in (writer, on_batch) if h is not None]
+    truth_root = resolve_subset_root(data_root, cfg.subset)
+    hearing = HearingBreakdown(truth_root) if (truth_root / TRUTH_FILE).is_file() else None
+    hooks = [h for h in (writer, hearing) if h is not None]
 
     def each_batch(batch: Batch, logits: torch.Tensor) -> None:
         for h in hooks:
@@ -161,6 +165,10 @@ def run_eval(checkpoint: str | Path, data_root: str | Path, split: str, out: str
                          checkpoint=str(payload["path"]), checkpoint_digest=file_sha256(payload["path"]),
                          checkpoint_kind=payload["kind"], cache=str(cache) if cache else None,
                          cache_fingerprint=fp, config=cfg.to_dict(), amp=amp)
+    if hearing is not None:
+        if dist.active:
+            hearing.absorb(dist.all_gather_objects(dict(hearing.ious)))
+        report["frame_miou_by_hearing"] = hearing.summary()
     if figures and isinstance(ds, CachedClips) and dist.is_main:
         if net.model.supports_fuse and cfg.model.depth > 0:
             report["similarity_figures"] = save_similarity_figures(net, ds, out_dir, figures, dev)

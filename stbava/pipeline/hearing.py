@@ -46,6 +46,14 @@ class HearingBreakdown:
                 self.ious[str(hearing)].append(float(iou))
                 self.ious[kind].append(float(iou))
 
+    def absorb(self, parts: list[dict[str, list[float]]]) -> None:
+        """Replace the collected IoUs by the union of every rank's ``ious`` (torchrun eval)."""
+        merged: dict[str, list[float]] = defaultdict(list)
+        for part in parts:
+            for g, v in part.items():
+                merged[g].extend(v)
+        self.ious = merged
+
     def summary(self) -> dict[str, dict[str, float]]:
         """{group: {"miou": mean frame IoU, "frames": count}} for every group seen."""
         return {g: {"miou": float(np.mean(v)), "frames": len(v)} for g, v in sorted(self.ious.items())}

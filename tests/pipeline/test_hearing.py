@@ -40,3 +40,10 @@ def test_frame_ious_by_condition_and_kind(tmp_path):
 def test_data_without_truth_file_is_named(tmp_path):
     with pytest.raises(FileNotFoundError, match=str(tmp_path / TRUTH_FILE)):
         HearingBreakdown(tmp_path)
+
+
+def test_ranks_parts_are_merged(tmp_path):
+    _truth(tmp_path, {})
+    h = HearingBreakdown(tmp_path)
+    h.absorb([{"clear": [1.0], "drowned": [0.0]}, {"clear": [0.5, 0.0]}])
+    assert h.summary() == {"clear": {"miou": pytest.approx(0.5), "frames": 3}, "drowned": {"miou": 0.0, "frames": 1}}
