@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from stbava.model.fusion.cmran import AudioGuidedAttention, CMRANFusion, RelationLayer
+from random_weights import randomise
 
 D, HEADS, FFN = 32, 4, 48
 
@@ -84,21 +85,13 @@ class LiteralDecoderLayer(nn.Module):
         return self.norm2(tgt + self.dropout2(tgt2))
 
 
-def _randomise(m: nn.Module, seed: int) -> None:
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in m.named_parameters():
-            noise = torch.randn(p.shape, generator=g) * 0.2
-            p.copy_(noise + 1 if "norm" in name and name.endswith("weight") else noise)
-
-
 def _gen(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
 def test_audio_guided_attention_equals_published():
     lit = LiteralAGA(D).eval()
-    _randomise(lit, 0)
+    randomise(lit, 0)
     mine = AudioGuidedAttention(D)
     mine.load_state_dict(lit.state_dict(), strict=True)
     video, audio = torch.randn(2, 3, 4, 5, D, generator=_gen(1)), torch.rand(2, 3, 128, generator=_gen(2))
@@ -114,7 +107,7 @@ def test_audio_guided_attention_equals_published():
 
 def test_encoder_and_relation_layers_equal_published():
     enc_lit, dec_lit = LiteralEncoderLayer(D, HEADS, FFN).eval(), LiteralDecoderLayer(D, HEADS, FFN).eval()
-    _randomise(enc_lit, 3), _randomise(dec_lit, 4)
+    randomise(enc_lit, 3), randomise(dec_lit, 4)
     enc = nn.TransformerEncoderLayer(D, HEADS, FFN, batch_first=True).eval()
     enc.load_state_dict(enc_lit.state_dict(), strict=True)
     dec = RelationLayer(D, HEADS, FFN).eval()
@@ -159,7 +152,7 @@ def _literal_relations(model: CMRANFusion, visual: torch.Tensor, audio: torch.Te
 def test_fusion_equals_the_adaptation_built_from_published_pieces():
     torch.manual_seed(0)
     model = CMRANFusion(embed_dim=D, grid=4, heads=HEADS, dim_feedforward=FFN).eval()
-    _randomise(model, 7)
+    randomise(model, 7)
     image, audio = torch.randn(2, 3, D, 4, 4, generator=_gen(8)), torch.rand(2, 3, 128, generator=_gen(9))
     with torch.no_grad():
         out = model(image, audio)

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from stbava.model.fusion.han import HANFusion, HANLayer
+from random_weights import randomise
 
 
 class LiteralHANLayer(nn.Module):
@@ -40,20 +41,11 @@ class LiteralHANLayer(nn.Module):
         return src_q.permute(1, 0, 2)
 
 
-def _randomise(m: nn.Module, seed: int) -> None:
-    """Every weight random (LayerNorm gains around 1), so no default init can hide a term."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in m.named_parameters():
-            noise = torch.randn(p.shape, generator=g) * 0.2
-            p.copy_(noise + 1 if "norm" in name and name.endswith("weight") else noise)
-
-
 @pytest.mark.parametrize("heads", [1, 4])
 def test_layer_equals_published_layer(heads):
     torch.manual_seed(0)
     lit = LiteralHANLayer(32, heads, dim_feedforward=48).eval()
-    _randomise(lit, 1)
+    randomise(lit, 1)
     mine = HANLayer(32, heads, dim_feedforward=48).eval()
     assert list(mine.state_dict()) == list(lit.state_dict())
     mine.load_state_dict(lit.state_dict(), strict=True)
@@ -89,7 +81,7 @@ def _by_hand(model: HANFusion, image: torch.Tensor, audio: torch.Tensor) -> tupl
 def test_fusion_equals_the_adaptation_by_hand(depth):
     torch.manual_seed(0)
     model = HANFusion(embed_dim=32, grid=4, depth=depth, heads=2, dim_feedforward=48).eval()
-    _randomise(model, 3)
+    randomise(model, 3)
     g = torch.Generator().manual_seed(4)
     image, audio = torch.randn(2, 3, 32, 4, 4, generator=g), torch.rand(2, 3, 128, generator=g)
     with torch.no_grad():

@@ -1,0 +1,13 @@
+"""Shared by the fusion-module tests: fill a module with random weights before comparing it with a reference."""
+
+import torch
+from torch import nn
+
+
+def randomise(m: nn.Module, seed: int) -> None:
+    """Every weight random (LayerNorm gains around 1), so no default init can hide a term."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in m.named_parameters():
+            noise = torch.randn(p.shape, generator=g) * 0.2
+            p.copy_(noise + 1 if "norm" in name and name.endswith("weight") else noise)
