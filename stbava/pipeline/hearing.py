@@ -41,6 +41,8 @@ class HearingBreakdown:
             rec = self.truth[cid]
             kind = "handover" if np.asarray(rec["sounding"]).any(axis=0).sum() > 1 else "steady"
             valid = batch.mask_valid[b].bool()
+            if not valid.any():  # no annotated frame (as evaluate_net, skip: frame_ious refuses an empty batch)
+                continue
             ious = frame_ious(logits[b][valid], batch.masks[b][valid])
             for iou, hearing in zip(ious, np.asarray(rec["hearing"])[valid.numpy()]):
                 self.ious[str(hearing)].append(float(iou))

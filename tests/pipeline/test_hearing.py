@@ -37,6 +37,17 @@ def test_frame_ious_by_condition_and_kind(tmp_path):
     assert got["steady"]["frames"] == 3 and got["handover"] == {"miou": pytest.approx(0.5, abs=1e-6), "frames": 2}
 
 
+def test_a_clip_without_annotated_frames_adds_nothing(tmp_path):
+    _truth(tmp_path, {"a": {"classes": ["x", "y"], "sounding": [[1, 0]] * 2, "hearing": ["clear", "clear"]},
+                      "b": {"classes": ["x", "y"], "sounding": [[1, 0]] * 2, "hearing": ["drowned", "clear"]}})
+    masks = torch.ones(2, 2, 224, 224)
+    logits = torch.full((2, 2, 224, 224), 5.0)  # every frame exact
+    h = HearingBreakdown(tmp_path)
+    h(Batch(["a", "b"], masks, torch.tensor([[True, True], [False, False]])), logits)
+    assert h.summary() == {"clear": {"miou": pytest.approx(1.0), "frames": 2},
+                           "steady": {"miou": pytest.approx(1.0), "frames": 2}}
+
+
 def test_data_without_truth_file_is_named(tmp_path):
     with pytest.raises(FileNotFoundError, match=str(tmp_path / TRUTH_FILE)):
         HearingBreakdown(tmp_path)
