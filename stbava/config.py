@@ -62,6 +62,8 @@ class TrainConfig:
     batch_size: int = 4  # clips per step
     lr: float = 1e-4
     weight_decay: float = 0.0
+    lr_schedule: str = "constant"  # constant (published) | cosine (to 0 over the run, after the warm-up)
+    warmup_steps: int = 0  # linear lr warm-up over the first N optimiser steps
     seed: int = 123
     num_workers: int = 0
     val_every: int = 1  # epochs between validations
@@ -229,6 +231,9 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"train.logger must be jsonl|tensorboard, got {cfg.train.logger!r}")
     if cfg.train.amp not in ("auto", "bf16", "off"):
         raise ConfigError(f"train.amp must be auto|bf16|off, got {cfg.train.amp!r}")
+    if cfg.train.lr_schedule not in ("constant", "cosine") or cfg.train.warmup_steps < 0:
+        raise ConfigError(f"train.lr_schedule must be constant|cosine (got {cfg.train.lr_schedule!r}) and "
+                          f"train.warmup_steps >= 0 (got {cfg.train.warmup_steps})")
 
 
 def _validate_fusion(m: ModelConfig) -> None:

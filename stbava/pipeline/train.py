@@ -14,6 +14,7 @@ epoch, so N steps straight and N/2 steps + resume give the same weights on CPU.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +33,7 @@ from stbava.pipeline.batches import ZeroWeightPadding, batch_loader, epoch_batch
 from stbava.pipeline.distributed import dist_info
 from stbava.pipeline.evaluate import EvalResult, evaluate_net
 from stbava.pipeline.logger import MetricLogger
+from stbava.pipeline.lr_schedule import lr_at
 from stbava.pipeline.net import Net
 from stbava.pipeline.resident import ResidentClips
 from stbava.pipeline.sources import Batch
@@ -150,6 +152,14 @@ class Trainer:
             return train_ds.batches(batches)
         return batch_loader(ZeroWeightPadding(train_ds), batches, self.tc.num_workers)
 
+    def set_lr(self) -> float:
+        """Set (and return) the lr of the next step from ``train.lr_schedule`` (a function of the step only)."""
+        lr = lr_at(self.state.step, base_lr=self.tc.lr, total_steps=self.total_steps, schedule=self.tc.lr_schedule,
+                   warmup_steps=self.tc.warmup_steps)
+        for group in self.opt.param_groups:
+            group["lr"] = lr
+        return lr
+
     def train_step(self, model: nn.Module, batch: Batch) -> float:
         """One optimiser step on one batch; returns the loss averaged over ranks."""
         batch = batch.to(self.device)
@@ -176,13 +186,14 @@ class Trainer:
                    f"{s.epoch + 1}/{tc.epochs}", disable=not (progress and self.dist.is_main), leave=False,
                    unit="batch")
         for batch in bar:
+            lr = self.set_lr()
             loss_v = self.train_step(model, batch)
             s.step += 1
             s.batch_in_epoch += 1
             s.epoch_loss += loss_v
             seen += len(batch.clip_ids) * self.dist.world
             bar.set_postfix(loss=f"{loss_v:.4f}", clips_s=f"{seen / max(time.perf_counter() - t0, 1e-9):.1f}")
-            self.mlog.write(kind="step", epoch=s.epoch, step=s.step, loss=loss_v)
+            self.mlog.write(kind="step", epoch=s.epoch, step=s.step, loss=loss_v, lr=lr)
             if tc.save_every_steps and s.step % tc.save_every_steps == 0:
                 self.save(self.last_path)
             if tc.max_steps and s.step >= tc.max_steps:
@@ -222,6 +233,8 @@ class Trainer:
             atomic_write_text(self.run_dir / "config.yaml", yaml.safe_dump(self.cfg.to_dict(), sort_keys=False))
         model = self.dist.wrap(self.net)
         n = len(train_ds)  # type: ignore[arg-type]
+        # The schedule spans train.epochs; train.max_steps only stops the run (so a stopped run resumes exactly).
+        self.total_steps = self.tc.epochs * math.ceil(n / self.tc.batch_size)
         last_val: EvalResult | None = None
         stop = bool(self.tc.max_steps and self.state.step >= self.tc.max_steps)  # a resumed finished run: no step
         while self.state.epoch < self.tc.epochs and not stop:

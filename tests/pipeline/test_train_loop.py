@@ -9,7 +9,7 @@ import torch
 from torch.utils.data import Dataset
 
 from stbava.checkpoint import CheckpointFormatError, read_checkpoint
-from stbava.config import load_config
+from stbava.config import ConfigError, load_config
 from stbava.losses import masked_bce
 from stbava.pipeline.batches import epoch_batches
 from stbava.pipeline.distributed import DistInfo
@@ -98,14 +98,15 @@ def test_one_step_changes_exactly_the_trainable_parameters(tmp_path):
         assert torch.equal(before[k], v), f"buffer {k} changed"
 
 
-def test_resume_is_exact(tmp_path):
+@pytest.mark.parametrize("schedule", [{}, {"lr_schedule": "cosine", "warmup_steps": 2}])
+def test_resume_is_exact(tmp_path, schedule):
     data = RandomClips(6, 1)
-    cfg = _cfg(epochs=2, batch_size=2)  # 3 steps per epoch, 6 steps total
+    cfg = _cfg(epochs=2, batch_size=2, **schedule)  # 3 steps per epoch, 6 steps total
     straight = build_fusion_net(cfg)
     fit(cfg, straight, data, data, tmp_path / "a", kind="fusion", trainable=trainable_predicate(FUSION_PREFIXES),
         fingerprint=None, device=torch.device("cpu"), progress=False)
 
-    half = _cfg(epochs=2, batch_size=2, max_steps=4, save_every_steps=1)  # stop mid-epoch 2
+    half = _cfg(epochs=2, batch_size=2, max_steps=4, save_every_steps=1, **schedule)  # stop mid-epoch 2
     net = build_fusion_net(half)
     fit(half, net, data, data, tmp_path / "b", kind="fusion", trainable=trainable_predicate(FUSION_PREFIXES),
         fingerprint=None, device=torch.device("cpu"), progress=False)
@@ -120,6 +121,32 @@ def test_resume_is_exact(tmp_path):
                       if r["kind"] == "step"]
     assert loss(tmp_path / "a") == loss(tmp_path / "b")
     assert len(loss(tmp_path / "a")) == 6
+
+
+def test_cosine_schedule_sets_the_lr_of_every_step(tmp_path):
+    b = 1e-3  # warm-up 2 steps (b/2, b), then cosine over the 4 remaining steps of the 6: b, .854b, .5b, .146b
+    cfg = _cfg(epochs=2, batch_size=2, lr=b, lr_schedule="cosine", warmup_steps=2)
+    net = build_fusion_net(cfg)
+    fit(cfg, net, RandomClips(6, 1), None, tmp_path / "a", kind="fusion",
+        trainable=trainable_predicate(FUSION_PREFIXES), fingerprint=None, device=torch.device("cpu"), progress=False)
+    rows = [json.loads(r) for r in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    lrs = [r["lr"] for r in rows if r["kind"] == "step"]
+    assert lrs == pytest.approx([b / 2, b, b, b * 0.8535534, b / 2, b * 0.1464466], rel=1e-6)
+    optimizer = read_checkpoint(tmp_path / "a" / "last.pt")["state"]["optimizer"]
+    assert optimizer["param_groups"][0]["lr"] == pytest.approx(b * 0.1464466, rel=1e-6)  # what Adam last used
+
+
+def test_constant_schedule_is_the_published_fixed_lr(tmp_path):
+    cfg = _cfg(epochs=1, batch_size=2, lr=3e-4)
+    fit(cfg, build_fusion_net(cfg), RandomClips(4, 1), None, tmp_path / "a", kind="fusion",
+        trainable=trainable_predicate(FUSION_PREFIXES), fingerprint=None, device=torch.device("cpu"), progress=False)
+    rows = [json.loads(r) for r in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["lr"] for r in rows if r["kind"] == "step"] == [3e-4, 3e-4]
+
+
+def test_unknown_lr_schedule_is_a_config_error():
+    with pytest.raises(ConfigError, match="lr_schedule"):
+        _cfg(lr_schedule="step")
 
 
 def test_checkpoints_best_last_and_metrics(tmp_path):
