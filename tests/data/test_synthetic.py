@@ -202,8 +202,9 @@ def test_temporal_steady_and_handover_schedules(temporal_clips):
         for t in range(5):  # the mask marks the source whether it is heard or not
             np.testing.assert_array_equal(c.masks[t], np.isin(c.labels[t], np.flatnonzero(c.sounding[t])))
             assert c.masks[t].any()
-    assert 0.2 <= kinds["handover"] / len(temporal_clips) <= 0.4
-    assert 0.1 <= hidden / (5 * len(temporal_clips)) <= 0.25
+    # P_HANDOVER 0.25; hidden share 0.75 * (0.35 * 1 + 0.6 * 2) / 5 = 0.2325 (sd over 150 clips ~0.014)
+    assert 0.15 <= kinds["handover"] / len(temporal_clips) <= 0.35
+    assert 0.19 <= hidden / (5 * len(temporal_clips)) <= 0.28
     assert {h for c in temporal_clips for h in c.hearing} == {0, 1, 2}
 
 
