@@ -30,7 +30,8 @@ def demo_config(path: str | Path | None = None) -> Config:
     if p.is_file():
         return load_config(p)
     return load_config(None, {"subset": "ms3", "model": {"depth": 2},
-                              "train": {"epochs": 16, "batch_size": 2, "lr": 3e-4}})
+                              "train": {"epochs": 4, "batch_size": 2, "lr": 3e-4, "lr_schedule": "cosine",
+                                        "warmup_steps": 40}})
 
 
 GROUPS = ("clear", "drowned", "pause", "handover")  # frame groups of the hearing breakdown
@@ -53,7 +54,7 @@ def results_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def run_demo(out: str | Path, *, config: str | Path | None = None, clips: tuple[int, int, int] = (80, 16, 40),
+def run_demo(out: str | Path, *, config: str | Path | None = None, clips: tuple[int, int, int] = (320, 16, 40),
              seed: int = 0, device: str = "auto", progress: bool = True) -> dict[str, Any]:
     """Run every stage into ``out``; returns the results (also written to out/results.{json,md})."""
     from stbava.data.synthetic import write_synthetic
