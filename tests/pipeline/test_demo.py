@@ -58,3 +58,11 @@ def test_demo_pipeline_writes_results_table(tmp_path):
     out = CliRunner().invoke(main, ["demo", "--out", str(tmp_path / "out"), "--config", str(cfg)])
     assert out.exit_code == 0, out.output
     assert "shuffled audio" in out.output
+
+
+def test_installed_demo_defaults_are_configs_demo_yaml(tmp_path):
+    """Without a source checkout's configs/ the demo falls back to built-in settings: they must be the same."""
+    from stbava.config import load_config
+    from stbava.pipeline.demo import DEMO_CONFIG, demo_config
+
+    assert demo_config(tmp_path / "absent.yaml") == load_config(DEMO_CONFIG)
