@@ -33,7 +33,7 @@ SEGMENT_SECONDS = 0.96  # VGGish example length: audio segment k = example k = f
 RULES = ("temporal", "independent")
 CLEAR, DROWNED, PAUSE = 0, 1, 2  # per-second hearing condition
 HEARING = ("clear", "drowned", "pause")  # their names
-# About 23 % of MS3 frames are hidden: enough that a one-second-at-a-time model visibly loses (with 15 %, in the
+# About 23 % of MS3 frames are hidden: enough that a one-second-at-a-time model visibly loses (with 16 %, in the
 # first version, the demo's temporal gap was within seed noise), while most clips keep 3 clear seconds to read.
 P_HANDOVER = 0.25  # MS3 temporal: share of hand-over clips
 HIDDEN_COUNT_P = (0.05, 0.35, 0.6)  # steady clips: P(0, 1, 2 hidden seconds)

@@ -7,12 +7,11 @@ import math
 SCHEDULES = ("constant", "cosine")
 
 
-def lr_at(step: int, *, base_lr: float, total_steps: int, schedule: str = "constant", warmup_steps: int = 0,
-          final_ratio: float = 0.0) -> float:
+def lr_at(step: int, *, base_lr: float, total_steps: int, schedule: str = "constant", warmup_steps: int = 0) -> float:
     """Learning rate for optimiser step ``step`` (0-based) of a run of ``total_steps`` steps.
 
-    ``constant`` is the published ST-BAVA recipe (Adam, fixed lr). ``cosine`` decays from ``base_lr`` to
-    ``final_ratio * base_lr`` over the steps after the warm-up. Why it exists: a short run (the CPU demo's few
+    ``constant`` is the published ST-BAVA recipe (Adam, fixed lr). ``cosine`` decays from ``base_lr`` to 0
+    over the steps after the warm-up (half a cosine period). Why it exists: a short run (the CPU demo's few
     hundred steps) at a fixed lr ends wherever the last noisy steps left it; decaying the lr lets it settle.
     Both start with ``warmup_steps`` of linear warm-up from ``base_lr / warmup_steps``.
     """
@@ -24,4 +23,4 @@ def lr_at(step: int, *, base_lr: float, total_steps: int, schedule: str = "const
         return base_lr
     span = max(total_steps - warmup_steps, 1)
     progress = min(max(step - warmup_steps, 0) / span, 1.0)
-    return base_lr * (final_ratio + (1.0 - final_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress)))
+    return base_lr * 0.5 * (1.0 + math.cos(math.pi * progress))
