@@ -183,6 +183,19 @@ def test_zero_shot_writes_evals_report_keys_deterministically(trained):
     assert reports[0] == reports[1]
 
 
+def test_zero_shot_refuses_a_sam_that_is_not_the_caches(trained, tmp_path):
+    """The cache holds random-encoder embeddings: a real-format SAM file's decoder does not fit them."""
+    from stbava.testing import write_fake_sam_checkpoint
+
+    sam = write_fake_sam_checkpoint(tmp_path / "sam_vit_h_4b8939.pth")
+    out = tmp_path / "zs.json"
+    res = CliRunner().invoke(main, ["zero-shot", "--cache", str(trained["cache"]), "--data-root", str(trained["data"]),
+                                    "--subset", "ms3", "--split", "test", "--prompt", "box1", "--sam-checkpoint",
+                                    str(sam), "--out", str(out)])
+    assert res.exit_code != 0 and "is not the SAM that cache" in res.output, res.output
+    assert "re-extract" in res.output and not out.exists()
+
+
 def test_train_with_the_tensorboard_logger(trained):
     pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
