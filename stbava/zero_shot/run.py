@@ -33,32 +33,23 @@ def _clip_logits(model: ZeroShotSAM, embeddings: torch.Tensor, masks: torch.Tens
                                            frame_seed(seed, clip_id, k)) for k in frames])
 
 
-def require_cache_sam(recorded: str | None, sam_checkpoint: str | Path | None, cache: str | Path) -> None:
-    """SAM's prompt encoder and decoder fit only the embeddings of their own image encoder: refuse other pairs.
+def cache_sam_file(reader: Any, sam_checkpoint: str | Path | None) -> str | None:
+    """The SAM file whose prompt encoder + decoder fit the cache's embeddings, verified by the fingerprint.
 
-    Args:
-        recorded: the cache fingerprint's image ``weights`` (``sha256:<hex>`` for a checkpoint, a random-init
-            description otherwise; None for caches that recorded nothing, which are not checked).
-        sam_checkpoint: the SAM file given to zero-shot (None: random-init decoder).
+    The same search and sha256 check as stage two's decoder init (``locate_weights``): ``--sam-checkpoint``,
+    then the recorded path, then the weights folders. None for a cache of a random-initialised encoder.
 
     Raises:
-        DataError: the file is not the one the cache was extracted with, or the cache came from a SAM
-            checkpoint and none was given (a random decoder would be silently substituted).
+        CheckpointError: the given file is not the cache's SAM, the cache's SAM file is not found, or a file is
+            given for a random-encoder cache.
     """
-    from stbava.digest import file_sha256
+    from stbava.encoders.weights import WeightSearch, locate_weights
+    from stbava.pipeline.stage2 import cache_encoders
 
-    if recorded is None:
-        return
-    if sam_checkpoint is None:
-        if str(recorded).startswith("sha256:"):
-            raise DataError(f"cache {cache} was extracted with a SAM checkpoint ({recorded}); zero-shot needs that "
-                            "checkpoint's prompt encoder and decoder: pass it with --sam-checkpoint")
-        return
-    have = "sha256:" + file_sha256(sam_checkpoint)
-    if have != recorded:
-        raise DataError(f"--sam-checkpoint {sam_checkpoint} ({have}) is not the SAM that cache {cache} was extracted "
-                        f"with ({recorded}), so its decoder does not fit these embeddings; pass that file, or "
-                        "re-extract the cache with this one (`stbava extract-features --sam-checkpoint ...`)")
+    search = WeightSearch(given={"sam_checkpoint": str(sam_checkpoint) if sam_checkpoint else None})
+    enc = locate_weights(cache_encoders(reader), reader.fingerprint, search, subject=f"cache {reader.path}",
+                         only=("sam",))
+    return enc.sam_checkpoint
 
 
 def run_zero_shot(cache: str | Path, data_root: str | Path, subset: str, split: str, prompt: str, *,
@@ -67,7 +58,8 @@ def run_zero_shot(cache: str | Path, data_root: str | Path, subset: str, split: 
     """Prompt SAM from the GT masks of every clip of ``split``; write ``eval``'s report to ``out``.
 
     Raises:
-        DataError: unknown prompt, no clips, clips missing from the cache, or a SAM that is not the cache's.
+        DataError: unknown prompt, no clips, or clips missing from the cache.
+        CheckpointError: a SAM file that is not the cache's (:func:`cache_sam_file`).
     """
     from stbava.cache import open_cache
     from stbava.encoders.image import model_geometry
@@ -79,7 +71,7 @@ def run_zero_shot(cache: str | Path, data_root: str | Path, subset: str, split: 
     if encoder is None:
         raise DataError(f"cache {cache} has no image encoder in its fingerprint; rebuild it with "
                         "`stbava extract-features`")
-    require_cache_sam(reader.fingerprint.get("image", {}).get("weights"), sam_checkpoint, cache)
+    sam_checkpoint = cache_sam_file(reader, sam_checkpoint)
     clips = load_clips(data_root, subset, [split], frames=reader.frames)
     if not clips:
         raise DataError(f"no clips in split {split!r} of {subset} under {data_root}")

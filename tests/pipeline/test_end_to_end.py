@@ -192,8 +192,8 @@ def test_zero_shot_refuses_a_sam_that_is_not_the_caches(trained, tmp_path):
     res = CliRunner().invoke(main, ["zero-shot", "--cache", str(trained["cache"]), "--data-root", str(trained["data"]),
                                     "--subset", "ms3", "--split", "test", "--prompt", "box1", "--sam-checkpoint",
                                     str(sam), "--out", str(out)])
-    assert res.exit_code != 0 and "is not the SAM that cache" in res.output, res.output
-    assert "re-extract" in res.output and not out.exists()
+    assert res.exit_code != 0 and "was made with sam: random-init" in res.output, res.output
+    assert "does not belong to it" in res.output and not out.exists()
 
 
 def test_train_with_the_tensorboard_logger(trained):
