@@ -111,7 +111,7 @@ ALLOWED_DIRECT_WRITES = {
         "metrics.jsonl is append-only by design; a torn last line is skipped on resume (truncate_after)",
     ("stbava/data/synthetic.py", "write_synthetic", "open(mode='w')"):
         "synthetic demo/test data CSV (NOT atomic: run_demo reuses the data once this CSV exists)",
-    ("stbava/viz.py", "_write_h264", "open(mode='w')"):
+    ("stbava/viz/video.py", "_write_h264", "open(mode='w')"):
         "overlay video streamed by FFmpeg into the output file; a crash leaves a truncated preview, not state",
     ("stbava/pipeline/overlay.py", "OverlayWriter.__init__", "open(mode='w')"):
         "predict's overlay video streamed frame by frame by FFmpeg (PyAV) into its output file: a crash leaves a "
