@@ -26,21 +26,18 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as tdist
-from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from stbava.cache import CacheError, CacheWriter, create_cache, join_cache, merge_parts
 from stbava.config import ConfigError, EncoderConfig
 from stbava.data.clips import Clip, DataError, load_clips
-from stbava.data.io import load_audio, read_clip_frames
-from stbava.data.transforms import frames_to_sam_input, waveform_to_examples
-from stbava.device import autocast, resolve_device
-from stbava.encoders.audio import embed_audio
+from stbava.device import resolve_device
 from stbava.encoders.build import auto_frames_per_forward, build_frozen_encoders
 from stbava.encoders.fingerprint import encoder_fingerprint, fingerprint_digest
 from stbava.encoders.image import grid_size, image_size
 from stbava.encoders.weights import record_paths
+from stbava.pipeline.clip_encoding import ClipInputs, as_list, encode_batch
 from stbava.pipeline.distributed import DistInfo, dist_info
 from stbava.version import __version__
 
@@ -65,69 +62,6 @@ class ExtractSummary:
     @property
     def clips_per_s(self) -> float:
         return self.written / self.seconds if self.seconds > 0 else 0.0
-
-
-class ClipInputs(Dataset):
-    """clip -> SAM-resized frames ``[T,3,h,w]`` (0..255) and VGGish examples ``[T,1,96,64]``.
-
-    A bad input file is returned as an ``error`` entry instead of raised, so the main process can raise a
-    clean DataError naming the file (an exception raised inside a worker arrives wrapped in a traceback).
-    """
-
-    def __init__(self, clips: Sequence[Clip], img_size: int, frames: int) -> None:
-        self.clips, self.img_size, self.frames = list(clips), img_size, frames
-
-    def __len__(self) -> int:
-        return len(self.clips)
-
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        clip = self.clips[i]
-        try:
-            images = frames_to_sam_input(read_clip_frames(clip.frame_paths[: self.frames]), self.img_size)
-            mels = waveform_to_examples(load_audio(clip.wav_path), num_examples=self.frames)
-        except DataError as e:
-            return {"index": i, "error": str(e)}
-        return {"index": i, "frames": images, "mels": torch.from_numpy(mels)}
-
-
-def _as_list(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return items  # clips may differ in frame size; batching happens in encode_batch
-
-
-def encode_batch(image_encoder: nn.Module, vggish: nn.Module, items: Sequence[dict[str, Any]],
-                 device: torch.device, amp: str = "off", frames_per_forward: int = 0
-                 ) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Encode several clips, their frames through the image encoder ``frames_per_forward`` at a time.
-
-    Args:
-        image_encoder: a FrozenImageEncoder on ``device``.
-        vggish: from build_vggish, on ``device``.
-        items: ClipInputs entries (``frames`` [T,3,h,w], ``mels`` [T,1,96,64]).
-        device: where the encoders live.
-        amp: ``bf16`` runs the image encoder under CUDA bf16 autocast; ``off`` keeps float32.
-        frames_per_forward: frames per image-encoder forward (0 = all B*T frames of same-sized clips at once).
-            What bounds extraction's memory: the activations of one forward, whatever the batch size.
-
-    Returns:
-        Per clip ``(image float16 [T,256,g,g], audio float32 [T,128])``.
-    """
-    counts = [it["frames"].shape[0] for it in items]
-    same = len({tuple(it["frames"].shape[1:]) for it in items}) == 1
-    groups = [torch.cat([it["frames"] for it in items])] if same else [it["frames"] for it in items]
-    if frames_per_forward > 0:
-        groups = [chunk for g in groups for chunk in torch.split(g, frames_per_forward)]
-    with torch.inference_mode():
-        with autocast(device, amp if device.type == "cuda" else "off"):  # bf16 on CUDA only
-            images = [image_encoder(g.to(device, non_blocking=True)).to(torch.float16) for g in groups]
-        # one VGGish call per clip ([T,1,96,64] every time): batched convolutions pick other kernels for other
-        # batch sizes, and a clip's embedding must not depend on its batch-mates, or a resumed cache would differ
-        audio = np.concatenate([embed_audio(vggish, it["mels"].to(device)).float().cpu().numpy() for it in items])
-    image = torch.cat(images).cpu().numpy()
-    out, start = [], 0
-    for n in counts:
-        out.append((image[start:start + n], audio[start:start + n]))
-        start += n
-    return out
 
 
 def _write_batch(writer: CacheWriter, ids: list[str], encoded: list[tuple[np.ndarray, np.ndarray]],
@@ -293,7 +227,7 @@ def _extract(writer: CacheWriter, todo: list[Clip], enc_cfg: EncoderConfig, dev:
              frames: int, store_log_mel: bool, num_workers: int, bar: tqdm, frames_per_forward: int) -> None:
     image_encoder, vggish = build_frozen_encoders(enc_cfg, dev)
     loader = DataLoader(ClipInputs(todo, image_size(enc_cfg.name), frames), batch_size=batch_size, shuffle=False,
-                        num_workers=num_workers, collate_fn=_as_list, pin_memory=dev.type == "cuda",
+                        num_workers=num_workers, collate_fn=as_list, pin_memory=dev.type == "cuda",
                         persistent_workers=False)
     pending: deque[tuple[Future[None], int]] = deque()
     with bar, ThreadPoolExecutor(max_workers=1, thread_name_prefix="cache-writer") as pool:

@@ -20,7 +20,8 @@ from stbava.encoders.audio import build_vggish, embed_audio
 from stbava.encoders.fingerprint import encoder_fingerprint
 from stbava.encoders.image import build_image_encoder
 from stbava.pipeline import extract
-from stbava.pipeline.extract import encode_batch, run_extraction
+from stbava.pipeline.clip_encoding import encode_batch
+from stbava.pipeline.extract import run_extraction
 
 T = 5
 
