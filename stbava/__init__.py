@@ -9,7 +9,7 @@ from typing import Any
 
 from stbava.version import __version__
 
-__all__ = ["open_cache", "load_model", "load_config", "__version__"]
+__all__ = ["__version__", "load_config", "load_model", "open_cache"]
 
 
 def __getattr__(name: str) -> Any:

@@ -62,7 +62,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         raise CheckpointFormatError(f"checkpoint not found: {path}")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated zip, foreign pickle, ...
+    except Exception as e:  # noqa: BLE001 (torch.load raises many types: truncated zip, foreign pickle, ...)
         raise CheckpointFormatError(
             f"{path}: cannot read checkpoint ({type(e).__name__}: {str(e)[:200]}); the file is damaged or not a "
             "stbava checkpoint — use the run's other checkpoint (best/last) or retrain"

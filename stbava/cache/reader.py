@@ -129,7 +129,7 @@ class CacheReader:
             self._storage.close()
         self._storage = None
 
-    def __enter__(self) -> CacheReader:
+    def __enter__(self) -> CacheReader:  # noqa: PYI034 (never subclassed; typing.Self needs py3.11)
         return self
 
     def __exit__(self, *exc: object) -> None:

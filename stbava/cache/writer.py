@@ -112,7 +112,7 @@ class CacheWriter:
         finally:
             self._lock.release()
 
-    def __enter__(self) -> CacheWriter:
+    def __enter__(self) -> CacheWriter:  # noqa: PYI034 (never subclassed; typing.Self needs py3.11)
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from typing import Iterator
+from collections.abc import Iterator
 
 import click
 
@@ -32,7 +32,7 @@ def cli_errors() -> Iterator[None]:
     """Known user-facing errors become a one-line message and exit code 1, without a traceback."""
     try:
         yield
-    except _known_errors() as e:  # noqa: BLE001 - a fixed tuple of our own error types
+    except _known_errors() as e:
         raise click.ClickException(str(e)) from None
 
 

@@ -8,9 +8,9 @@ are 1-based; S4 ``train`` has only the frame-1 mask.
 from __future__ import annotations
 
 import csv
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
 
 SUBSETS = ("s4", "ms3")
 SPLITS = ("train", "val", "test")

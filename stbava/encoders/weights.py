@@ -68,7 +68,7 @@ def _candidates(what: str, recorded_path: str | None, search: WeightSearch) -> l
 
 
 def _locate_one(what: str, want: str, recorded_path: str | None, search: WeightSearch, subject: str) -> str:
-    fld, _, _, option, _ = _FILES[what]
+    _, _, _, option, _ = _FILES[what]
     digest = want.removeprefix("sha256:")
     tried = _candidates(what, recorded_path, search)
     found = next((p for p in tried if p.is_file()), None)

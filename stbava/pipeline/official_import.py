@@ -25,7 +25,7 @@ def load_official_file(path: str | Path) -> dict[str, torch.Tensor]:
 
     try:
         sd = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 (torch.load raises many types: zip, pickle, EOF, ...)
         raise CheckpointFormatError(f"{path}: cannot read ({type(e).__name__}: {str(e)[:160]}); expected the "
                                     "published ST-BAVA checkpoint (<session>_best.pth)") from None
     if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):

@@ -194,8 +194,8 @@ def test_rerunning_a_run_that_reached_max_steps_trains_no_further_step(tmp_path)
     """The same command again on a finished max_steps run used to train one more step (2 -> 3)."""
     data = RandomClips(6, 5)
     cfg = _cfg(epochs=3, max_steps=2)
-    kw = dict(kind="fusion", fingerprint=None, trainable=trainable_predicate(FUSION_PREFIXES),
-              device=torch.device("cpu"), progress=False)
+    kw = {"kind": "fusion", "fingerprint": None, "trainable": trainable_predicate(FUSION_PREFIXES),
+          "device": torch.device("cpu"), "progress": False}
     assert fit(cfg, build_fusion_net(cfg), data, None, tmp_path / "r", **kw)["steps"] == 2
     before = read_checkpoint(tmp_path / "r" / "last.pt")["weights"]
     assert fit(cfg, build_fusion_net(cfg), data, None, tmp_path / "r", **kw)["steps"] == 2

@@ -7,10 +7,10 @@ import math
 
 import torch
 import torch.nn.functional as F
+from random_weights import randomise
 from torch import nn
 
 from stbava.model.fusion.cmran import AudioGuidedAttention, CMRANFusion, RelationLayer
-from random_weights import randomise
 
 D, HEADS, FFN = 32, 4, 48
 

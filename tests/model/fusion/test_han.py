@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from random_weights import randomise
 from torch import nn
 
 from stbava.model.fusion.han import HANFusion, HANLayer
-from random_weights import randomise
 
 
 class LiteralHANLayer(nn.Module):
