@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from stbava.viz.mask_overlay import GT_COLOR, PRED_COLOR, _check_frames, _check_masks, overlay_mask
+from stbava.viz.mask_overlay import GT_COLOR, PRED_COLOR, check_frames, check_masks, overlay_mask
 
 GRID_PAD_PX = 4  # white gap around every tile of the overlay grid
 GRID_LABEL_PX = 16  # column-header band of the overlay grid
@@ -31,13 +31,13 @@ def save_overlay_grid(frames: np.ndarray, gt: np.ndarray | torch.Tensor | None, 
     Returns:
         ``path`` as a Path.
     """
-    f = _check_frames(frames)
+    f = check_frames(frames)
     t, h, w = f.shape[:3]
     cols = [("frame", list(f))]
     if gt is not None:
-        g = _check_masks(gt, t, "gt")
+        g = check_masks(gt, t, "gt")
         cols.append(("ground truth", [overlay_mask(f[i], g[i], GT_COLOR) for i in range(t)]))
-    p = _check_masks(pred, t, "pred")
+    p = check_masks(pred, t, "pred")
     cols.append(("prediction", [overlay_mask(f[i], p[i], PRED_COLOR) for i in range(t)]))
     top = (GRID_TITLE_PX if title else 0) + GRID_LABEL_PX
     width = len(cols) * w + (len(cols) + 1) * GRID_PAD_PX

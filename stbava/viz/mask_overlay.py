@@ -16,19 +16,22 @@ PRED_COLOR = (255, 70, 30)
 HALO_COLOR = (20, 20, 20)  # the dark ring outside predicted masks in overlay videos
 
 
-def _np(x: np.ndarray | torch.Tensor) -> np.ndarray:
+def as_numpy(x: np.ndarray | torch.Tensor) -> np.ndarray:
+    """A tensor (any device, detached, as float32) or array-like as a numpy array."""
     return x.detach().float().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
 
 
-def _check_frames(frames: np.ndarray | torch.Tensor) -> np.ndarray:
+def check_frames(frames: np.ndarray | torch.Tensor) -> np.ndarray:
+    """``frames`` as uint8 ``[T,H,W,3]`` RGB numpy, or a ValueError saying what came instead."""
     f = frames.detach().cpu().numpy() if isinstance(frames, torch.Tensor) else np.asarray(frames)
     if f.ndim != 4 or f.shape[-1] != 3 or f.dtype != np.uint8:
         raise ValueError(f"frames must be uint8 [T,H,W,3] RGB, got {f.dtype} {f.shape}")
     return f
 
 
-def _check_masks(masks: np.ndarray | torch.Tensor, n: int, what: str) -> np.ndarray:
-    m = _np(masks)
+def check_masks(masks: np.ndarray | torch.Tensor, n: int, what: str) -> np.ndarray:
+    """``masks`` ``[n,H,W]`` (probabilities or {0,1}) as bool at 0.5, or a ValueError naming ``what``."""
+    m = as_numpy(masks)
     if m.ndim != 3 or m.shape[0] != n:
         raise ValueError(f"{what} must be [T,H,W] with T={n} (one mask per frame), got shape {m.shape}")
     return m > 0.5
@@ -113,7 +116,7 @@ def save_mask_png(mask: np.ndarray | torch.Tensor, path: str | Path) -> Path:
     Returns:
         ``path`` as a Path.
     """
-    m = _np(mask)
+    m = as_numpy(mask)
     if m.ndim != 2:
         raise ValueError(f"mask must be [H,W], got shape {m.shape}")
     if not np.isin(m, (0, 1)).all():

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from stbava.viz.mask_overlay import _check_frames, _check_masks, _np, overlay_mask
+from stbava.viz.mask_overlay import as_numpy, check_frames, check_masks, overlay_mask
 
 FIG_CELL_IN = 1.8  # similarity figure: inches per frame tile
 FIG_DPI = 100
@@ -64,15 +64,15 @@ def save_similarity_figure(frames: np.ndarray, sim_before: np.ndarray, sim_after
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    f = _check_frames(frames)
+    f = check_frames(frames)
     t, hh, ww = f.shape[:3]
     rows: list[tuple[str, np.ndarray | None]] = [("frames", None)]
     for name, s in (("before ST-BAVA", sim_before), ("after ST-BAVA", sim_after)):
-        s = _np(s)
+        s = as_numpy(s)
         if s.ndim != 3 or s.shape[0] != t:
             raise ValueError(f"similarity maps must be [T,h,w] with T={t}, got {s.shape}")
         rows.append((name, s))
-    masks = _check_masks(pred, t, "pred") if pred is not None else None
+    masks = check_masks(pred, t, "pred") if pred is not None else None
     n_rows = len(rows) + (masks is not None)
     fig = Figure(figsize=(FIG_CELL_IN * t + _FIG_MARGIN_W_IN, FIG_CELL_IN * n_rows + _FIG_MARGIN_H_IN), dpi=FIG_DPI,
                  layout="constrained")

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from stbava.viz.mask_overlay import _check_frames, _check_masks, overlay_mask
+from stbava.viz.mask_overlay import check_frames, check_masks, overlay_mask
 
 
 def write_overlay_video(frames: np.ndarray, masks: np.ndarray | torch.Tensor, path: str | Path,
@@ -28,12 +28,12 @@ def write_overlay_video(frames: np.ndarray, masks: np.ndarray | torch.Tensor, pa
     Returns:
         ``path`` as a Path.
     """
-    f = _check_frames(frames)
+    f = check_frames(frames)
     if len(f) == 0:
         raise ValueError("no frames to write")
     if fps <= 0:
         raise ValueError(f"fps must be positive, got {fps}")
-    m = _check_masks(masks, len(f), "masks")
+    m = check_masks(masks, len(f), "masks")
     tiles = [overlay_mask(f[i], m[i]) for i in range(len(f))]
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
