@@ -9,18 +9,22 @@ one is :mod:`stbava.pipeline.restore` (``stbava.load_model``).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from stbava.atomic import atomic_open
-from stbava.config import Config, config_from_dict
+from stbava.config import Config, config_from_dict, legacy_sizing
 from stbava.provenance import require_same_encoders
 from stbava.state_dict import CheckpointError
 
 FORMAT = "stbava-checkpoint"
-VERSION = 1
+# 2: a fusion module's sizing options are None unless set (config.FUSION_OPTIONS); version-1 files recorded
+# ignored values for the published modules and are read as built (config.legacy_sizing).
+VERSION = 2
+READABLE_VERSIONS = (1, 2)
 
 
 class CheckpointFormatError(CheckpointError):
@@ -35,8 +39,12 @@ def atomic_torch_save(obj: Any, path: str | Path) -> None:
 
 def save_checkpoint(path: str | Path, *, kind: str, cfg: Config, weights: dict[str, torch.Tensor],
                     fingerprint: dict[str, Any] | None, state: dict[str, Any] | None = None,
-                    extra: dict[str, Any] | None = None) -> None:
-    """Write a checkpoint of ``kind`` ("fusion" for stage two, "adapters" for stage three)."""
+                    extra: dict[str, Any] | None = None, trainable: Sequence[str] | None = None) -> None:
+    """Write a checkpoint of ``kind`` ("fusion" for stage two, "adapters" for stage three).
+
+    ``trainable``: the names in ``weights`` that the stage trained (the rest are buffers that travel with the
+    model); recorded so that a parameter count needs no model (:func:`trained_names`).
+    """
     payload = {
         "format": FORMAT,
         "version": VERSION,
@@ -46,6 +54,7 @@ def save_checkpoint(path: str | Path, *, kind: str, cfg: Config, weights: dict[s
         "fingerprint": fingerprint,
         "state": state or {},
         "extra": extra or {},
+        "trainable": None if trainable is None else sorted(trainable),
     }
     atomic_torch_save(payload, path)
 
@@ -71,14 +80,22 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         raise CheckpointFormatError(
             f"{path}: not a stbava checkpoint; official ST-BAVA weights are converted with `stbava import-official`"
         )
-    if payload.get("version") != VERSION:
-        raise CheckpointFormatError(f"{path}: checkpoint version {payload.get('version')} (expected {VERSION})")
+    if payload.get("version") not in READABLE_VERSIONS:
+        raise CheckpointFormatError(f"{path}: checkpoint version {payload.get('version')} (this stbava reads "
+                                    f"{', '.join(map(str, READABLE_VERSIONS))}); use the stbava that wrote it")
     payload["path"] = str(path)
     return payload
 
 
+def trained_names(payload: dict[str, Any]) -> list[str] | None:
+    """The weights a checkpoint's stage trained, or None where the writer did not record them."""
+    return payload.get("trainable")
+
+
 def checkpoint_config(payload: dict[str, Any]) -> Config:
-    return config_from_dict(payload["config"], saved=True)
+    """The resolved config a checkpoint was trained with (version-1 sizing read as built: ``legacy_sizing``)."""
+    data = payload["config"]
+    return config_from_dict(legacy_sizing(data) if payload.get("version") == 1 else data, saved=True)
 
 
 def check_compatible(payload: dict[str, Any], cfg: Config, fingerprint: dict[str, Any] | None) -> None:

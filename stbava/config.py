@@ -35,24 +35,51 @@ class EncoderConfig:
 FUSIONS = ("stbava", "tpavi", "han", "cmran", "jca", "none")
 # ST-BAVA's own switches and their defaults: the published modules have no such settings.
 STBAVA_SWITCHES = {"spatial_mode": "reference", "temporal": True, "bidirectional": True}
+# The sizing options of ModelConfig that each fusion module takes, with the value that None stands for (the
+# module's own, published structure). An option a module does not take is refused when set (config.validate),
+# so a run is never labelled with a setting that did not shape its model. Meaning per module (docs/fusion.md):
+# depth = stacked ST-BAVA blocks | HAN layers | CMRAN temporal-relation encoder layers per modality | JCA
+# recursions of its joint cross-attention; num_heads, mlp_dim (FFN width), attn_dropout as named.
+FUSION_OPTIONS: dict[str, dict[str, Any]] = {
+    "stbava": {"depth": 5, "num_heads": 8, "mlp_dim": 256, "attn_dropout": 0.1, "center_audio": True},
+    "han": {"depth": 1, "num_heads": 1, "mlp_dim": 512, "attn_dropout": 0.1},
+    "cmran": {"depth": 2, "num_heads": 4, "mlp_dim": 2048, "attn_dropout": 0.1},
+    "jca": {"depth": 1},
+    "tpavi": {},
+    "none": {"center_audio": True},
+}
+SIZING_OPTIONS = ("depth", "num_heads", "mlp_dim", "attn_dropout", "center_audio")
 
 
 @dataclass
 class ModelConfig:
-    """Fusion module + SAM mask decoder (REFERENCE §4-§5)."""
+    """Fusion module + SAM mask decoder (REFERENCE §4-§5).
+
+    The sizing options are None by default: None means the chosen module's own value (``FUSION_OPTIONS``);
+    :func:`model_option` gives the value a model is built with.
+    """
 
     fusion: str = "stbava"  # stbava | tpavi | han | cmran | jca | none (none = decoder-only "SAM baseline")
-    depth: int = 5  # number of ST-BAVA blocks (5 for S4, 7 for MS3); only stbava has a depth
+    depth: int | None = None  # stacked layers (ST-BAVA blocks: 5 for S4, 7 for MS3); None = the module's own
     embed_dim: int = 256  # SAM prompt / embedding width
-    num_heads: int = 8
-    mlp_dim: int = 256  # hidden width of the per-block MLPs (published code: 256)
-    attn_dropout: float = 0.1  # dropout on attention weights, as published
+    num_heads: int | None = None  # attention heads (stbava 8, han 1, cmran 4); None = the module's own
+    mlp_dim: int | None = None  # hidden width of the MLP / FFN (stbava 256, han 512, cmran 2048)
+    attn_dropout: float | None = None  # dropout on attention weights (0.1 as published for all three)
     spatial_mode: str = "reference"  # reference (published code, §4.3) | paper (§4.5)
     temporal: bool = True  # ablation: False drops the temporal attention steps
     bidirectional: bool = True  # ablation: False keeps only the audio-to-visual direction
-    center_audio: bool = True  # stage-two init of stbava/none's normalised audio projection (see AVSModel)
+    center_audio: bool | None = None  # stage-two init of stbava/none's normalised audio projection (on)
     adapter_hidden: int = 512  # adapter hidden width (published: 512)
     adapter_zero_init: bool = True  # zero output layer: step 0 reproduces the stage-two model exactly
+
+
+def model_option(m: ModelConfig, name: str) -> Any:
+    """The value of sizing option ``name`` the ``m.fusion`` module is built with (None: it has no such option).
+
+    Example: ``model_option(ModelConfig(fusion="han"), "depth") == 1``; with ``depth: 3`` it is 3.
+    """
+    value = getattr(m, name)
+    return FUSION_OPTIONS[m.fusion].get(name) if value is None else value
 
 
 @dataclass
@@ -224,8 +251,8 @@ def validate(cfg: Config) -> None:
     if cfg.model.spatial_mode not in ("reference", "paper"):
         raise ConfigError(f"model.spatial_mode must be reference|paper, got {cfg.model.spatial_mode!r}")
     _validate_fusion(cfg.model)
-    if cfg.model.depth < 0 or cfg.frames < 1:
-        raise ConfigError("model.depth must be >= 0 and frames >= 1")
+    if cfg.frames < 1:
+        raise ConfigError(f"frames must be >= 1, got {cfg.frames}")
     if cfg.encoder.amp not in ("off", "bf16"):
         raise ConfigError(f"encoder.amp must be off|bf16, got {cfg.encoder.amp!r}")
     if cfg.train.logger not in ("jsonl", "tensorboard"):
@@ -238,17 +265,51 @@ def validate(cfg: Config) -> None:
 
 
 def _validate_fusion(m: ModelConfig) -> None:
-    """A known fusion name, and ST-BAVA's ablation switches only where they mean something.
+    """A known fusion name, and every module-specific option set only where the module uses it.
 
-    The published modules (tpavi, han, cmran, jca) have no spatial mode, temporal or bidirectional switch;
-    setting one for them would record an ablation that never ran. ``none`` ignores them, as the former
-    ``model.fusion: false`` did (so its old checkpoints still load).
+    The published modules (tpavi, han, cmran, jca) have no spatial mode, temporal or bidirectional switch,
+    and each takes only some sizing options (``FUSION_OPTIONS``); setting another would record a model
+    that never ran, so it is refused by name before anything trains.
     """
     if m.fusion not in FUSIONS:
         raise ConfigError(f"model.fusion must be one of {'|'.join(FUSIONS)}, got {m.fusion!r}")
-    if m.fusion in ("stbava", "none"):
-        return
-    changed = [f"model.{k}={getattr(m, k)!r}" for k, v in STBAVA_SWITCHES.items() if getattr(m, k) != v]
-    if changed:
-        raise ConfigError(f"{', '.join(changed)}: ST-BAVA ablation switches, but model.fusion is {m.fusion!r}; "
-                          "drop them (--no-temporal, --no-bidirectional, --spatial-mode) or use --fusion stbava")
+    takes = FUSION_OPTIONS[m.fusion]
+    unused = [f"model.{k}={getattr(m, k)!r}" for k in SIZING_OPTIONS if getattr(m, k) is not None and k not in takes]
+    if unused:
+        known = ", ".join(f"model.{k}" for k in takes) or "none of them"
+        raise ConfigError(f"{', '.join(unused)}: not an option of fusion {m.fusion!r}, which takes {known}; "
+                          "drop it (or set it to null) or choose a module that has it")
+    if m.fusion not in ("stbava", "none"):
+        changed = [f"model.{k}={getattr(m, k)!r}" for k, v in STBAVA_SWITCHES.items() if getattr(m, k) != v]
+        if changed:
+            raise ConfigError(f"{', '.join(changed)}: ST-BAVA ablation switches, but model.fusion is "
+                              f"{m.fusion!r}; drop them (--no-temporal, --no-bidirectional, --spatial-mode) or use "
+                              "--fusion stbava")
+    _validate_sizes(m)
+
+
+def _validate_sizes(m: ModelConfig) -> None:
+    depth, heads = model_option(m, "depth"), model_option(m, "num_heads")
+    least = 0 if m.fusion == "stbava" else 1  # ST-BAVA at depth 0 is E + E into the decoder (thesis Fig 6.3)
+    if depth is not None and depth < least:
+        raise ConfigError(f"model.depth must be >= {least} for fusion {m.fusion!r}, got {depth}")
+    if heads is not None and (heads < 1 or m.embed_dim % heads):
+        raise ConfigError(f"model.num_heads must divide model.embed_dim={m.embed_dim}, got {heads}")
+    for name in ("mlp_dim", "attn_dropout"):
+        value = model_option(m, name)
+        if value is not None and not (value >= 1 if name == "mlp_dim" else 0 <= value < 1):
+            raise ConfigError(f"model.{name} out of range for fusion {m.fusion!r}: {value}")
+
+
+def legacy_sizing(data: Mapping[str, Any]) -> Mapping[str, Any]:
+    """A config saved before the sizing options were per module (checkpoint version 1), as built then.
+
+    Such configs recorded ``depth`` / ``num_heads`` / ``mlp_dim`` / ``attn_dropout`` (and ``center_audio``)
+    for every module, but only ST-BAVA used them (``none`` used ``center_audio``); the others were built
+    with their published structure, which is what None means now.
+    """
+    model = data.get("model")
+    if not isinstance(model, Mapping) or model.get("fusion", "stbava") in ("stbava", True):
+        return data
+    keep = ("center_audio",) if model.get("fusion") in ("none", False) else ()
+    return {**data, "model": {k: v for k, v in model.items() if k not in SIZING_OPTIONS or k in keep}}

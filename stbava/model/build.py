@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from stbava.config import Config
+from stbava.config import Config, model_option
 from stbava.model.avs_model import AVSModel
 from stbava.state_dict import CheckpointError, load_strict, strip_prefix
 from stbava.thirdparty import SAM_PE_KEY
@@ -19,22 +19,31 @@ from stbava.thirdparty import SAM_PE_KEY
 PE_MODEL_KEY = "pe_layer.positional_encoding_gaussian_matrix"
 
 
+# config.ModelConfig sizing option -> constructor keyword, per module (FUSION_OPTIONS says which it takes).
+OPTION_KEYWORDS: dict[str, dict[str, str]] = {
+    "stbava": {"depth": "depth", "num_heads": "heads", "mlp_dim": "mlp_dim", "attn_dropout": "attn_dropout"},
+    "han": {"depth": "depth", "num_heads": "heads", "mlp_dim": "dim_feedforward", "attn_dropout": "dropout"},
+    "cmran": {"depth": "encoder_layers", "num_heads": "heads", "mlp_dim": "dim_feedforward",
+              "attn_dropout": "dropout"},
+    "jca": {"depth": "depth"},
+}
+
+
 def fusion_options(cfg: Config) -> dict[str, Any]:
     """The fusion module's own constructor keywords for ``cfg`` (``model.fusion`` picks the module).
 
-    ST-BAVA takes the block settings (``model.depth``, ``num_heads``, ``mlp_dim``, ``attn_dropout`` and the
-    ablation switches). The published modules are built with their published structure (TPAVI one block,
-    HAN one layer, CMRAN two encoder layers, JCA one joint cross-attention), so ``model.depth`` does not
-    apply to them (``config.validate`` refuses the ablation switches for them); JCA's time-axis weights
-    take the clip length ``frames``. ``none`` has no options.
+    Each sizing option the module takes (``config.FUSION_OPTIONS``) is passed under the module's own name,
+    resolved (None = the module's published value): ST-BAVA's blocks, HAN's layers, CMRAN's encoder layers,
+    JCA's recursions are ``model.depth``; heads, FFN width and dropout likewise. ST-BAVA also takes its
+    ablation switches; JCA's time-axis weights take the clip length ``frames``. TPAVI and ``none`` take none.
     """
     m = cfg.model
+    out = {kw: model_option(m, name) for name, kw in OPTION_KEYWORDS.get(m.fusion, {}).items()}
     if m.fusion == "stbava":
-        return {"depth": m.depth, "heads": m.num_heads, "mlp_dim": m.mlp_dim, "attn_dropout": m.attn_dropout,
-                "spatial_mode": m.spatial_mode, "temporal": m.temporal, "bidirectional": m.bidirectional}
+        out.update(spatial_mode=m.spatial_mode, temporal=m.temporal, bidirectional=m.bidirectional)
     if m.fusion == "jca":
-        return {"frames": cfg.frames}
-    return {}
+        out["frames"] = cfg.frames
+    return out
 
 
 def model_kwargs(cfg: Config, *, grid: int, img_size: int) -> dict[str, Any]:

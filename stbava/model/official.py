@@ -19,7 +19,7 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from stbava.config import Config
+from stbava.config import Config, model_option
 from stbava.model.avs_model import AVSModel
 from stbava.model.build import model_kwargs
 from stbava.state_dict import CheckpointError, check_state
@@ -58,7 +58,7 @@ def convert_official_state(sd: Mapping[str, torch.Tensor], cfg: Config, *, grid:
         target = AVSModel(**model_kwargs(cfg, grid=grid, img_size=img_size))
     ours = {k: v for k, v in sd.items() if not k.startswith(IGNORED_PREFIXES)}
     n = _layer_count(ours)
-    hint = f"The file has {n} ST-BAVA layers: set model.depth={n}." if n != m.depth else ""
+    hint = f"The file has {n} ST-BAVA layers: set model.depth={n}." if n != model_option(m, "depth") else ""
     check_state(target, ours, f"{source} (published ST-BAVA layout)", hint=hint)
     return {k: ours[k] for k in target.state_dict()}
 

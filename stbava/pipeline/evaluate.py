@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from stbava.atomic import atomic_write_text
 from stbava.checkpoint import check_compatible, read_checkpoint
-from stbava.config import Config
+from stbava.config import Config, model_option
 from stbava.data.clips import Clip, DataError, load_clips, resolve_subset_root
 from stbava.device import autocast, resolve_device
 from stbava.digest import file_sha256
@@ -171,11 +171,12 @@ def run_eval(checkpoint: str | Path, data_root: str | Path, split: str, out: str
             hearing.absorb(dist.all_gather_objects(dict(hearing.ious)))
         report["frame_miou_by_hearing"] = hearing.summary()
     if figures and isinstance(ds, CachedClips) and dist.is_main:
-        if net.model.supports_fuse and cfg.model.depth > 0:
+        depth = model_option(cfg.model, "depth")
+        if net.model.supports_fuse and depth:
             report["similarity_figures"] = save_similarity_figures(net, ds, out_dir, figures, dev)
         else:  # before/after features exist only for ST-BAVA blocks
             log.info("no similarity figures: fusion %r (depth %d) has no ST-BAVA features", cfg.model.fusion,
-                     cfg.model.depth)
+                     depth or 0)
     if out and dist.is_main:
         atomic_write_text(out, json.dumps(report, indent=2) + "\n")
     return result, report

@@ -17,7 +17,7 @@ from torch.utils.data import Dataset
 
 from stbava.cache.manifest import AUDIO_DIM
 from stbava.cache.reader import CacheReader
-from stbava.config import Config, ConfigError, EncoderConfig, config_from_dict
+from stbava.config import Config, ConfigError, EncoderConfig, config_from_dict, model_option
 from stbava.data.clips import Clip, DataError, load_train_val
 from stbava.device import resolve_device
 from stbava.encoders.weights import WeightSearch, locate_weights
@@ -83,7 +83,7 @@ def initial_fusion_net(cfg: Config, reader: CacheReader, train_clips: list[Clip]
                        search: WeightSearch | None = None) -> Net:
     """The net stage two starts from: SAM's decoder when the cache used SAM weights, audio projection centred
     (ST-BAVA and ``none``; the published modules have no normalised projection and start as published)."""
-    mean_audio = mean_train_audio(reader, train_clips) if cfg.model.center_audio else None
+    mean_audio = mean_train_audio(reader, train_clips) if model_option(cfg.model, "center_audio") else None
     return build_fusion_net(cfg, sam_decoder_init(cfg, reader, search or WeightSearch()), mean_audio)
 
 

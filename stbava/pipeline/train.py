@@ -146,7 +146,8 @@ class Trainer:
             save_checkpoint(path, kind=self.stage.kind, cfg=self.cfg,
                             weights=saved_weights(self.net, self.names), fingerprint=self.stage.fingerprint,
                             state={"optimizer": self.opt.state_dict(), "rng": torch.get_rng_state(),
-                                   "loop": self.state.to_dict()}, extra=self.stage.extra)
+                                   "loop": self.state.to_dict()},
+                            extra=self.stage.extra, trainable=self.names)
 
     def _loader(self, train_ds: Dataset, batches: list[list[int]]) -> Iterable[Batch]:
         if isinstance(train_ds, ResidentClips):  # already on the device: index it, no host loader

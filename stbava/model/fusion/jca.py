@@ -19,6 +19,8 @@ Adaptation to SAM's ``[B,T,256,64,64]`` embeddings (the thesis does not say how 
    score, softmax over HW). Audio: the raw VGGish vector. ``encoder1`` / ``encoder2`` map them to d_h = C/2,
    so J has C channels.
 2. JCA's joint cross-attention, unchanged, batched over clips (each clip its own ``[T,·]`` matrices).
+   ``depth`` > 1 feeds the attended features back into the same block ``depth`` times (shared weights), the
+   recursive JCA of Praveen et al. (ICASSP 2023); depth 1 (default) is the published JCA.
 3. Back to SAM: ``out_a(X_att_a)`` is the sparse token (twice); ``out_v(X_att_v)`` re-weights and shifts its
    frame's map (FiLM, per-channel scale and shift), post-norm: ``V = LN(E * (1 + gamma) + beta)``;
    dense = E + V (ST-BAVA's wiring).
@@ -83,12 +85,13 @@ class JCAFusion(nn.Module):
     Args:
         embed_dim, audio_dim, grid: the fusion contract (``stbava.model.fusion``).
         frames: clip length T (5 in AVSBench); JCA's time-axis weights are sized by it.
+        depth: recursions of the joint cross-attention, one set of weights (``model.depth``; published 1).
         hidden: d_h per modality (None = embed_dim // 2, so J is embed_dim wide); k: see
             :class:`JointCrossAttention`.
     """
 
     def __init__(self, *, embed_dim: int = 256, audio_dim: int = 128, grid: int = 64, frames: int = 5,
-                 hidden: int | None = None, k: int = 32) -> None:
+                 depth: int = 1, hidden: int | None = None, k: int = 32) -> None:
         super().__init__()
         self.embed_dim, self.audio_dim, self.grid = embed_dim, audio_dim, grid
         hidden = hidden or embed_dim // 2
@@ -96,6 +99,7 @@ class JCAFusion(nn.Module):
         self.encoder1 = nn.Linear(audio_dim, hidden)
         self.encoder2 = nn.Linear(embed_dim, hidden)
         self.jca = JointCrossAttention(frames, hidden, k)
+        self.depth = depth
         self.out_a = nn.Linear(hidden, embed_dim)
         self.out_v = nn.Linear(hidden, 2 * embed_dim)
         self.map_norm = nn.LayerNorm(embed_dim)
@@ -105,7 +109,9 @@ class JCAFusion(nn.Module):
         """The fusion contract (``FusionPrompts``); ``image_pe`` unused: the published module has no PE."""
         image, audio, tokens = map_tokens(self, image, audio, self.encoder1.weight.dtype)  # tokens [B,T,HW,C]
         pooled = (self.pool_score(tokens).softmax(dim=2) * tokens).sum(dim=2)  # [B,T,C]
-        att_a, att_v = self.jca(self.encoder1(audio), self.encoder2(pooled))
+        att_a, att_v = self.encoder1(audio), self.encoder2(pooled)
+        for _ in range(self.depth):
+            att_a, att_v = self.jca(att_a, att_v)
         gamma, beta = self.out_v(att_v).unsqueeze(2).chunk(2, dim=-1)  # [B,T,1,C] each
         fused = self.map_norm(tokens * (1 + gamma) + beta)
         return FusionPrompts(dense=image + fused.transpose(2, 3).reshape(image.shape),
