@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from stbava.config import Config
+from stbava.config import Config, model_option
 from stbava.pipeline.sources import CachedEmbedder, LiveSource
 from stbava.state_dict import load_strict
 
@@ -33,27 +33,42 @@ class Net(nn.Module):
         return self.model(image, audio)
 
 
-def build_fusion_net(cfg: Config, sam_state: dict[str, torch.Tensor] | None = None,
-                     mean_audio: torch.Tensor | None = None) -> Net:
-    """The stage-two net at its initial weights (a resumed run overwrites them from last.pt)."""
+def _seeded_fusion_net(cfg: Config, sam_state: dict[str, torch.Tensor] | None,
+                       mean_audio: torch.Tensor | None) -> Net:
+    """The stage-two net drawn from the global RNG seeded with ``train.seed``; callers fork the RNG first."""
     from stbava.encoders.image import model_geometry
     from stbava.model.build import build_model
 
     torch.manual_seed(cfg.train.seed)  # model init is part of the recorded, reproducible run
     model = build_model(cfg, sam_state, **model_geometry(cfg.encoder.name))
-    if cfg.model.center_audio and mean_audio is not None and model.supports_center_audio:
+    if model_option(cfg.model, "center_audio") and mean_audio is not None:
         model.center_audio_projection(mean_audio)  # ST-BAVA, none; the published modules start as published
     return Net(model, CachedEmbedder())
 
 
+def build_fusion_net(cfg: Config, sam_state: dict[str, torch.Tensor] | None = None,
+                     mean_audio: torch.Tensor | None = None) -> Net:
+    """The stage-two net at its initial weights (a resumed run overwrites them from last.pt).
+
+    The init is a function of ``train.seed`` alone; the caller's global torch RNG is left as it was.
+    """
+    with torch.random.fork_rng(devices=[]):
+        return _seeded_fusion_net(cfg, sam_state, mean_audio)
+
+
 def build_adapter_net(cfg: Config, init: dict[str, Any]) -> Net:
-    """Stage-two fusion weights + frozen encoders + fresh (or to-be-loaded) adapters."""
+    """Stage-two fusion weights + frozen encoders + fresh (or to-be-loaded) adapters.
+
+    The adapters are drawn right after the fusion model from the same ``train.seed`` stream (as they were
+    when the builder still seeded the global RNG), inside a fork, so the caller's RNG is left as it was.
+    """
     from stbava.encoders.build import build_frozen_encoders
     from stbava.model.adapters import AdaptedImageEncoder
 
-    net = build_fusion_net(cfg)
-    model_keys = [k for k in net.state_dict() if k.startswith("model.")]
-    load_strict(net, init["weights"], init["path"], required=model_keys)
-    enc, vgg = build_frozen_encoders(cfg.encoder)
-    adapted = AdaptedImageEncoder(enc, hidden=cfg.model.adapter_hidden, zero_init=cfg.model.adapter_zero_init)
+    with torch.random.fork_rng(devices=[]):
+        net = _seeded_fusion_net(cfg, None, None)
+        model_keys = [k for k in net.state_dict() if k.startswith("model.")]
+        load_strict(net, init["weights"], init["path"], required=model_keys)
+        enc, vgg = build_frozen_encoders(cfg.encoder)
+        adapted = AdaptedImageEncoder(enc, hidden=cfg.model.adapter_hidden, zero_init=cfg.model.adapter_zero_init)
     return Net(net.model, LiveSource.embedder(adapted, vgg, grad_checkpointing=cfg.train.grad_checkpointing))

@@ -52,18 +52,17 @@ def restore_net(payload: dict[str, Any], device: str | torch.device = "cpu",
     Building does not touch the caller's global torch RNG.
     """
     cfg = checkpoint_config(payload)
-    with torch.random.fork_rng(devices=[]):  # model init seeds the global RNG; a caller's stream is not ours
-        if payload["kind"] == "fusion":
-            net = build_fusion_net(cfg)
-            required = [k for k in net.state_dict() if k.startswith("model.")]
-        elif payload["kind"] == "adapters":  # stage-two weights in place; these overwrite what stage three trained
-            enc = locate_weights(cfg.encoder, payload.get("fingerprint"), search,
-                                 subject=f"checkpoint {payload['path']}")
-            cfg = dataclasses.replace(cfg, encoder=enc)
-            net = build_adapter_net(cfg, _stage_two_of(payload))
-            required = [k for k in net.state_dict() if k.startswith(ADAPTER_PREFIX)]
-        else:
-            raise CheckpointFormatError(f"{payload['path']}: unknown checkpoint kind {payload['kind']!r}")
+    if payload["kind"] == "fusion":
+        net = build_fusion_net(cfg)
+        required = [k for k in net.state_dict() if k.startswith("model.")]
+    elif payload["kind"] == "adapters":  # stage-two weights in place; these overwrite what stage three trained
+        enc = locate_weights(cfg.encoder, payload.get("fingerprint"), search,
+                             subject=f"checkpoint {payload['path']}")
+        cfg = dataclasses.replace(cfg, encoder=enc)
+        net = build_adapter_net(cfg, _stage_two_of(payload))
+        required = [k for k in net.state_dict() if k.startswith(ADAPTER_PREFIX)]
+    else:
+        raise CheckpointFormatError(f"{payload['path']}: unknown checkpoint kind {payload['kind']!r}")
     load_strict(net, payload["weights"], payload["path"], required=required)
     net.to(device).eval().requires_grad_(False)  # inference: frozen; training code sets its own flags
     return net, cfg
