@@ -28,21 +28,27 @@ def parse_seeds(text: str) -> list[int]:
 @weight_options
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="tqdm bars per run.")
+@click.option("--rerun-changed", is_flag=True,
+              help="Delete and retrain runs whose folder was made from other inputs (config, stage-three recipe, "
+                   "cache encoders or clips, data); without it such runs are refused and named.")
 def experiment_cmd(spec, cache, data_root, out, seeds, split, sam_checkpoint, vggish_checkpoint, vggish_pca,
-                   weights_dir, device, progress):
+                   weights_dir, device, progress, rerun_changed):
     """Train every variant of SPEC (configs/experiments/*.yaml) for every seed, evaluate, tabulate.
 
-    Re-running continues: finished runs are skipped, interrupted ones resume from last.pt, failed ones are
-    retried (and reported with their error if they fail again).
+    Re-running continues: a finished run is skipped only if it was made from the same inputs (resolved
+    config and stage-three recipe, the cache's encoders and clips, the data's metadata csv, the split);
+    interrupted ones resume from last.pt; failed ones are retried. A run refused by its config, cache or data
+    is a row marked refused with the reason; a bug is marked failed, its traceback in the log.
     """
     from stbava.pipeline.experiment import run_experiment
 
     with cli_errors():
         results = run_experiment(spec, cache, data_root, out, seeds=parse_seeds(seeds), split=split,
-                                 device=device, progress=progress,
+                                 device=device, progress=progress, rerun_changed=rerun_changed,
                                  search=weight_search(sam_checkpoint, vggish_checkpoint, vggish_pca, weights_dir))
     failed = sum(len(r["failed"]) for r in results["variants"])
+    refused = sum(len(r["refused"]) for r in results["variants"])
     done = sum(r["seeds_done"] for r in results["variants"])
-    click.echo(f"{done} runs done, {failed} failed; table: {out}/results.md")
-    if failed:
+    click.echo(f"{done} runs done, {refused} refused, {failed} failed; table: {out}/results.md")
+    if failed or refused:
         raise SystemExit(1)

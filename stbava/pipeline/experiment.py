@@ -2,16 +2,20 @@
 
 Each run lives in ``OUT/runs/<variant>/seed<k>/`` and leaves, in order:
 
-- ``experiment.json``: the resolved config (and stage-three overrides) it was asked for. A later call with
-  another config for the same folder is refused (reported as a failed run), never silently mixed;
+- ``experiment.json``: the run's key (:mod:`.experiment_key`): the resolved config, stage three's resolved
+  recipe, the cache's encoder fingerprint and clip index, the data's metadata digest. A later call whose
+  key differs is refused with the differences named (``--rerun-changed``: the folder is emptied and the run
+  trained again), never silently reused;
 - stage two's ``best.pt``/``last.pt``/``config.yaml``/``metrics.jsonl`` (stage three's in ``adapters/``);
 - ``train.json``: per finished stage, the training summary and its wall time. A stage recorded there is not
   trained again; an unrecorded one is (re)started and resumes exactly from its ``last.pt``;
 - ``eval_<split>.json`` (and ``eval_<split>_shuffled_audio.json`` for the full model): ``stbava eval`` reports;
-- ``result_<split>.json``: the row's numbers. A run with this file is finished and is skipped on re-run.
+- ``result_<split>.json``: the row's numbers and the key plus the split. A run with this file and the same
+  key is finished and is skipped on re-run.
 
-A run that raises is recorded as failed (with its message) and the others go on; Ctrl-C / SIGKILL stop the
-whole experiment, and the next call continues where it stopped.
+A run refused by a user-facing error (a config, cache, checkpoint or data error) is a row marked refused with
+its reason; any other exception is a bug, marked failed, its traceback logged and kept in ``results.json``;
+the others go on either way. Ctrl-C / SIGKILL stop the whole experiment, and the next call continues.
 """
 
 from __future__ import annotations
@@ -20,17 +24,21 @@ import dataclasses
 import json
 import logging
 import time
+import traceback
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from stbava.atomic import atomic_write_text
-from stbava.checkpoint import read_checkpoint
+from stbava.checkpoint import read_checkpoint, trained_names
 from stbava.config import Config, ConfigError
 from stbava.encoders.weights import WeightSearch
+from stbava.pipeline.experiment_key import cache_identity, claim_run_dir, data_identity, train_key
 from stbava.pipeline.experiment_report import write_results
 from stbava.pipeline.experiment_spec import Spec, Variant, load_spec, variant_config
+from stbava.pipeline.stage3 import resolve_stage_three
+from stbava.pipeline.user_errors import USER_ERRORS
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +49,7 @@ class RunResult:
 
     variant: str
     seed: int
-    status: str  # "done" | "failed"
+    status: str  # "done" | "refused" (a user-facing error: config, cache, data) | "failed" (a bug)
     run_dir: str
     miou: float | None = None  # fractions in [0, 1], as `stbava eval` reports them
     fscore: float | None = None
@@ -52,6 +60,7 @@ class RunResult:
     resumed: bool = False  # some stage continued from a last.pt left by an interrupted call
     skipped: bool = False  # finished by an earlier call: nothing was trained or evaluated now
     error: str | None = None
+    traceback: str | None = None  # failed runs: where the bug is
 
 
 @dataclass
@@ -66,6 +75,8 @@ class Context:
     progress: bool
     extra: dict[str, Any]  # config overrides applied to every run
     search: WeightSearch | None = None  # where the encoders' weight files are looked for (stage three, eval)
+    rerun_changed: bool = False  # a run folder made from other inputs is emptied and retrained (else refused)
+    cache_id: dict[str, Any] = dataclasses.field(default_factory=dict)  # experiment_key.cache_identity
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
@@ -76,33 +87,19 @@ def _write_json(path: Path, data: Mapping[str, Any]) -> None:
     atomic_write_text(path, json.dumps(data, indent=2) + "\n")
 
 
-def claim_run_dir(run_dir: Path, request: dict[str, Any]) -> None:
-    """Record what this folder is for; refuse a folder that already holds a run of another config."""
-    have = _read_json(run_dir / "experiment.json")
-    if have is not None and have != request:
-        raise ConfigError(f"{run_dir} holds a run of another config or fine-tune (see its experiment.json); "
-                          "delete the folder or use another --out")
-    if have is None:
-        _write_json(run_dir / "experiment.json", request)
+def trainable_params(checkpoints: Sequence[Path]) -> int | None:
+    """Parameters trained in any of the run's stages, from the checkpoints' trained names and shapes.
 
-
-def trainable_params(checkpoints: Sequence[Path]) -> int:
-    """Parameters trained in any of the run's stages: the checkpoints' weights minus the model's buffers.
-
-    A checkpoint stores exactly its stage's trainable parameters plus the fusion model's buffers (the
-    decoder's positional-encoding matrix), so counting its non-buffer tensors counts what was trained.
+    None when a checkpoint does not record its trained names (written by an earlier stbava).
     """
-    from stbava.checkpoint import checkpoint_config
-    from stbava.pipeline.net import build_fusion_net
-
     sizes: dict[str, int] = {}
-    buffers: set[str] = set()
     for path in checkpoints:
         payload = read_checkpoint(path)
-        cfg = checkpoint_config(payload)
-        buffers |= {f"model.{n}" for n, _ in build_fusion_net(cfg).model.named_buffers()}
-        sizes.update({k: v.numel() for k, v in payload["weights"].items()})
-    return sum(n for k, n in sizes.items() if k not in buffers)
+        names = trained_names(payload)
+        if names is None:
+            return None
+        sizes.update({k: payload["weights"][k].numel() for k in names})
+    return sum(sizes.values())
 
 
 def train_stages(cfg: Config, variant: Variant, run_dir: Path, ctx: Context) -> tuple[list[Path], float, bool]:
@@ -144,50 +141,72 @@ def evaluate_run(best: Path, run_dir: Path, ctx: Context, shuffled: bool) -> dic
     return out
 
 
+def run_key(spec: Spec, variant: Variant, seed: int, ctx: Context) -> dict[str, Any]:
+    """The training key of one variant x seed (:func:`.experiment_key.train_key`); resolves every config."""
+    cfg = variant_config(spec, variant, seed, ctx.extra)
+    stage3 = None if variant.finetune is None else resolve_stage_three(cfg, variant.finetune,
+                                                                       f"variant {variant.name!r}")
+    return train_key(cfg, variant.name, seed, variant.finetune, stage3, ctx.cache_id,
+                     data_identity(ctx.data_root, cfg.subset))
+
+
 def run_one(spec: Spec, variant: Variant, seed: int, ctx: Context) -> RunResult:
     """Train (or resume, or skip) and evaluate one variant x seed; exceptions propagate to the caller."""
     run_dir = ctx.out / "runs" / variant.name / f"seed{seed}"
     result_path = run_dir / f"result_{ctx.split}.json"
     cfg = variant_config(spec, variant, seed, ctx.extra)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    claim_run_dir(run_dir, {"variant": variant.name, "seed": seed, "config": cfg.to_dict(),
-                            "finetune": variant.finetune})
+    key = run_key(spec, variant, seed, ctx)
+    claim_run_dir(run_dir, key, ctx.rerun_changed)
+    result_key = {**key, "split": ctx.split}
     done = _read_json(result_path)
-    if done is not None:
+    if done is not None and done.pop("key", None) == result_key:
         return RunResult(**{**done, "skipped": True})
     checkpoints, train_s, resumed = train_stages(cfg, variant, run_dir, ctx)
     scores = evaluate_run(checkpoints[-1], run_dir, ctx, shuffled=variant.name == spec.full)
     res = RunResult(variant.name, seed, "done", str(run_dir), trainable_params=trainable_params(checkpoints),
                     train_s=train_s, resumed=resumed, **scores)
-    _write_json(result_path, {k: v for k, v in dataclasses.asdict(res).items() if k != "skipped"})
+    record = {k: v for k, v in dataclasses.asdict(res).items() if k != "skipped"}
+    _write_json(result_path, {**record, "key": result_key})
     return res
+
+
+def guarded_run(spec: Spec, variant: Variant, seed: int, ctx: Context) -> RunResult:
+    """:func:`run_one`, with a refusal (a user-facing error) or a bug (anything else) turned into its row."""
+    run_dir = str(ctx.out / "runs" / variant.name / f"seed{seed}")
+    try:
+        return run_one(spec, variant, seed, ctx)
+    except USER_ERRORS as e:  # a config, cache, checkpoint or data the run cannot use: say why, no traceback
+        log.error("run %s seed %d refused: %s", variant.name, seed, e)
+        return RunResult(variant.name, seed, "refused", run_dir, error=f"{type(e).__name__}: {e}")
+    except Exception as e:  # a bug: the row says failed, the log and results.json keep the traceback
+        log.exception("run %s seed %d failed", variant.name, seed)
+        return RunResult(variant.name, seed, "failed", run_dir, error=f"{type(e).__name__}: {e}",
+                         traceback=traceback.format_exc())
 
 
 def run_experiment(spec_path: str | Path, cache: str | Path, data_root: str | Path, out: str | Path, *,
                    seeds: Sequence[int] = (0, 1, 2), split: str = "test", device: str = "auto",
                    progress: bool = True, extra: Mapping[str, Any] | None = None,
-                   search: WeightSearch | None = None) -> dict[str, Any]:
+                   search: WeightSearch | None = None, rerun_changed: bool = False) -> dict[str, Any]:
     """Run (or continue) every variant x seed of the spec; returns what ``OUT/results.json`` holds.
 
-    Every run's config is resolved before anything trains, so a typo in the spec fails at once. Results are
-    rewritten after each run, so a long experiment always has a current, partial table.
+    Every run's config (and stage-three recipe) is resolved before anything trains, so a typo in the spec
+    fails at once. Results are rewritten after each run, so a long experiment always has a current table.
+    ``rerun_changed``: retrain runs whose folder was made from other inputs (else they are refused).
     """
     spec = load_spec(spec_path)
     if not seeds or len(set(seeds)) != len(seeds):
         raise ConfigError(f"seeds must be distinct and non-empty, got {list(seeds)}")
+    ctx = Context(Path(cache), Path(data_root), Path(out), split, device, progress, dict(extra or {}), search,
+                  rerun_changed, cache_identity(cache))
     for v in spec.variants:
-        variant_config(spec, v, seeds[0], extra)
-    ctx = Context(Path(cache), Path(data_root), Path(out), split, device, progress, dict(extra or {}), search)
+        run_key(spec, v, seeds[0], ctx)
     runs: list[RunResult] = []
     total = len(spec.variants) * len(seeds)
+    results: dict[str, Any] = {}
     for v in spec.variants:
         for seed in seeds:
             log.info("experiment run %d/%d: %s seed %d", len(runs) + 1, total, v.name, seed)
-            try:
-                runs.append(run_one(spec, v, seed, ctx))
-            except Exception as e:  # a failed run is a row of the table, not the end of the others
-                log.exception("run %s seed %d failed", v.name, seed)
-                run_dir = ctx.out / "runs" / v.name / f"seed{seed}"
-                runs.append(RunResult(v.name, seed, "failed", str(run_dir), error=f"{type(e).__name__}: {e}"))
+            runs.append(guarded_run(spec, v, seed, ctx))
             results = write_results(spec, [dataclasses.asdict(r) for r in runs], list(seeds), split, ctx.out)
     return results

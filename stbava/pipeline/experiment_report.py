@@ -3,8 +3,9 @@ sweep, ``sweep.png`` (mIoU and F-score against the swept value, as the thesis's 
 
 Convention: per variant, the mean and the *sample* standard deviation (``ddof=1``) over the seeds that
 finished; with a single finished seed there is no spread and the table shows "—" (``null`` in JSON). Failed
-seeds are counted, listed with their error, and left out of the mean. Tables show mIoU in percent with two
-decimals and F-score as a fraction with three, as the thesis does; ``results.json`` keeps full precision.
+and refused seeds are counted, listed with their error, and left out of the mean. Tables show mIoU in percent
+with two decimals and F-score as a fraction with three, as the thesis does; ``results.json`` keeps full
+precision.
 """
 
 from __future__ import annotations
@@ -41,6 +42,8 @@ def variant_summary(name: str, label: str, sweep_value: Any, runs: list[dict[str
     row: dict[str, Any] = {"name": name, "label": label, "sweep_value": sweep_value, "seeds_planned": n_seeds,
                            "seeds_done": len(done), "runs": runs,
                            "failed": [{"seed": r["seed"], "error": r["error"]} for r in runs if r["status"] == "failed"],
+                           "refused": [{"seed": r["seed"], "error": r["error"]} for r in runs
+                                       if r["status"] == "refused"],
                            "resumed": any(r["resumed"] for r in done)}
     for m in METRICS:
         vals = [r[m] for r in done if r.get(m) is not None]
@@ -76,9 +79,10 @@ def per_seed(stat: dict[str, Any] | None, scale: float, digits: int) -> str:
 
 def _status(row: dict[str, Any]) -> str:
     text = f"{row['seeds_done']}/{row['seeds_planned']} done"
-    for f in row["failed"]:
-        msg = " ".join(str(f["error"]).split())[:160].replace("|", "/")
-        text += f"; seed {f['seed']} failed: {msg}"
+    for kind in ("refused", "failed"):
+        for f in row.get(kind, []):
+            msg = " ".join(str(f["error"]).split())[:160].replace("|", "/")
+            text += f"; seed {f['seed']} {kind}: {msg}"
     return text
 
 

@@ -51,19 +51,24 @@ def _fixed_clashes(init_cfg: Config, overrides: dict[str, Any]) -> list[str]:
 
 
 def stage_three_config(init: dict[str, Any], overrides: dict[str, Any]) -> Config:
-    """The stage-two config with the stage-three recipe and ``overrides`` applied.
+    """The stage-two checkpoint ``init``'s config with the stage-three recipe and ``overrides`` applied."""
+    return resolve_stage_three(checkpoint_config(init), overrides, init["path"])
+
+
+def resolve_stage_three(init_cfg: Config, overrides: dict[str, Any], where: str) -> Config:
+    """The stage-two config ``init_cfg`` with the stage-three recipe and ``overrides`` applied.
 
     Raises:
         ConfigError: an override of what the stage-two model was built with (subset, frames, architecture),
-            or an ``encoder`` section (the encoders are the ones stage two's cache was made with).
+            or an ``encoder`` section (the encoders are the ones stage two's cache was made with); names
+            ``where`` (the stage-two checkpoint).
     """
-    init_cfg = checkpoint_config(init)
     clashes = _fixed_clashes(init_cfg, overrides)
     if "encoder" in overrides:
         clashes.append("encoder: the encoders are the ones stage two was trained on (recorded in --init); pass "
                        "weight files with --sam-checkpoint / --vggish-checkpoint / --weights-dir instead")
     if clashes:
-        raise ConfigError(f"{init['path']}: stage three starts from this stage-two model and cannot change "
+        raise ConfigError(f"{where}: stage three starts from this stage-two model and cannot change "
                           f"{'; '.join(clashes)}")
     recipe = {"train": {"epochs": 15, "train_fusion": False}}
     data = deep_update(deep_update(init_cfg.to_dict(), recipe), overrides)

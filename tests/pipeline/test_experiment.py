@@ -5,11 +5,11 @@ Data: 2 train / 1 val / 2 test clips of 2 frames, tiny encoder; every run is 2 o
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import shutil
 import statistics
-import typing
 from pathlib import Path
 
 import pytest
@@ -22,7 +22,7 @@ import stbava.pipeline.evaluate as evaluate_mod
 import stbava.pipeline.stage2 as stage2_mod
 import stbava.pipeline.stage3 as stage3_mod
 from stbava.cli import main
-from stbava.config import ConfigError, ModelConfig, load_config
+from stbava.config import ConfigError, EncoderConfig, load_config
 from stbava.data.synthetic import write_synthetic
 from stbava.pipeline.experiment import run_experiment
 from stbava.pipeline.experiment_report import mean_std, pm
@@ -77,7 +77,7 @@ def table(data) -> dict:
                                     str(data["data"]), "--out", str(out), "--seeds", "0,1", "--device", "cpu",
                                     "--no-progress"], catch_exceptions=False)
     assert res.exit_code == 0, res.output
-    assert "4 runs done, 0 failed" in res.output
+    assert "4 runs done, 0 refused, 0 failed" in res.output
     return {"spec": spec, "out": out, "results": json.loads((out / "results.json").read_text())}
 
 
@@ -132,14 +132,13 @@ def test_mean_std_convention():
     assert pm({"mean": 0.25, "std": None, "values": [0.25]}, 100, 2) == "25.00 ± —"
 
 
-def test_rerun_skips_finished_runs(table, monkeypatch):
+def test_rerun_skips_finished_runs(data, table, monkeypatch):
     ckpts = sorted(table["out"].glob("runs/*/seed*/*.pt"))
     mtimes = {p: p.stat().st_mtime_ns for p in ckpts}
     calls = []
     monkeypatch.setattr(stage2_mod, "train_fusion", lambda *a, **k: calls.append("train"))
     monkeypatch.setattr(evaluate_mod, "run_eval", lambda *a, **k: calls.append("eval"))
-    again = run_experiment(table["spec"], "unused-cache", "unused-root", table["out"], seeds=(0, 1), device="cpu",
-                           progress=False)
+    again = _experiment(data, table["spec"], table["out"])  # the same cache and data: nothing changed
     assert calls == [] and len(ckpts) == 8
     assert {p: p.stat().st_mtime_ns for p in ckpts} == mtimes
     assert all(r["skipped"] for v in again["variants"] for r in v["runs"])
@@ -183,22 +182,31 @@ def test_killed_mid_run_then_rerun_gives_the_uninterrupted_table(data, table, tm
     assert loss == ref and len(loss) == 2
 
 
-def test_failing_variant_is_reported_and_the_sweep_is_plotted(data, tmp_path):
+def test_a_bug_is_a_failed_row_with_its_traceback_and_the_sweep_is_plotted(data, tmp_path, monkeypatch):
+    """A bug (any exception that is not a user-facing error) is marked failed, not refused, and keeps its
+    traceback; the other runs go on. (Before, a refused config and a bug were both "failed".)"""
+    real_train = stage2_mod.train_fusion
+
+    def buggy_for_depth_3(cfg, *a, **k):
+        if cfg.model.depth == 3:
+            raise ZeroDivisionError("a bug in the loop")
+        return real_train(cfg, *a, **k)
+
+    monkeypatch.setattr(stage2_mod, "train_fusion", buggy_for_depth_3)
     spec = write_spec(tmp_path / "sweep.yaml", {
-        "title": "tiny sweep", "base": BASE,
-        "variants": [{"name": "bad", "label": "bad heads", "set": {"model.num_heads": 7}}],  # 256 % 7 != 0
-        "sweep": {"key": "model.depth", "values": [1, 2]}})
+        "title": "tiny sweep", "base": BASE, "sweep": {"key": "model.depth", "values": [1, 2, 3]}})
     out = tmp_path / "C"
     res = CliRunner().invoke(main, ["experiment", str(spec), "--cache", str(data["cache"]), "--data-root",
                                     str(data["data"]), "--out", str(out), "--seeds", "0", "--device", "cpu",
                                     "--no-progress"])
-    assert res.exit_code == 1 and "2 runs done, 1 failed" in res.output
+    assert res.exit_code == 1 and "2 runs done, 0 refused, 1 failed" in res.output
     results = json.loads((out / "results.json").read_text())
-    bad = _row(results, "bad")
-    assert bad["seeds_done"] == 0 and "divisible by num_heads" in bad["failed"][0]["error"]
+    bad = _row(results, "depth3")
+    assert bad["seeds_done"] == 0 and bad["failed"][0]["error"] == "ZeroDivisionError: a bug in the loop"
+    assert "buggy_for_depth_3" in bad["runs"][0]["traceback"] and not bad["refused"]
     md = (out / "results.md").read_text()
-    bad_line = next(ln for ln in md.splitlines() if ln.startswith("| bad heads |"))
-    assert "seed 0 failed" in bad_line and "divisible by num_heads" in bad_line
+    bad_line = next(ln for ln in md.splitlines() if ln.startswith("| model.depth=3 |"))
+    assert "seed 0 failed: ZeroDivisionError" in bad_line
     depth_rows = [_row(results, "depth1"), _row(results, "depth2")]
     assert [r["seeds_done"] for r in depth_rows] == [1, 1]
     line = next(ln for ln in md.splitlines() if ln.startswith("| model.depth=2 |"))
@@ -240,7 +248,56 @@ def test_a_run_folder_of_another_config_is_refused(data, table, tmp_path):
     shutil.copytree(table["out"] / "runs" / "full" / "seed0", out / "runs" / "full" / "seed0")
     changed = {**TABLE, "base": {**BASE, "train.lr": 0.01}, "variants": TABLE["variants"][:1]}
     results = _experiment(data, write_spec(tmp_path / "changed.yaml", changed), out, seeds=(0,))
-    assert "holds a run of another config" in _row(results, "full")["failed"][0]["error"]
+    row = _row(results, "full")
+    assert not row["failed"] and row["seeds_done"] == 0
+    assert "config.train.lr: 0.001 -> 0.01" in row["refused"][0]["error"]
+    assert "--rerun-changed" in row["refused"][0]["error"]
+
+
+@pytest.fixture(scope="module")
+def other_cache(data) -> Path:
+    """The same clips extracted again with another random encoder seed: other embeddings, same names."""
+    path = data["root"] / "cache_seed1.zarr"
+    run_extraction(data["data"], "ms3", path, "zarr", EncoderConfig(seed=1), batch_size=2, device="cpu",
+                   progress=False, frames=FRAMES)
+    return path
+
+
+def test_a_rerun_on_a_re_extracted_cache_refuses_the_old_numbers_or_retrains(data, table, other_cache, tmp_path):
+    """Re-running a spec into the same --out after re-extracting the cache with another encoder seed
+    reported the old numbers (the cache was not part of the run's key): fails on that code."""
+    out = tmp_path / "F"
+    shutil.copytree(table["out"], out)
+    refused = run_experiment(table["spec"], other_cache, data["data"], out, seeds=(0, 1), device="cpu",
+                             progress=False)
+    for row in refused["variants"]:
+        assert row["seeds_done"] == 0 and len(row["refused"]) == 2
+        assert "cache.fingerprint.image.weights: 'random-init seed=0" in row["refused"][0]["error"]
+    rerun = run_experiment(table["spec"], other_cache, data["data"], out, seeds=(0, 1), device="cpu",
+                           progress=False, rerun_changed=True)
+    assert not any(r["skipped"] for v in rerun["variants"] for r in v["runs"])
+    report = json.loads((out / "runs/full/seed0/eval_test.json").read_text())
+    assert report["cache"] == str(other_cache) and report["miou"] == _per_run(rerun, "miou")[("full", 0)]
+    assert report["cache_fingerprint"]["image"]["weights"].startswith("random-init seed=1")
+    trained_on = torch.load(out / "runs/full/seed0/best.pt", weights_only=True)["fingerprint"]
+    assert trained_on["image"]["weights"].startswith("random-init seed=1")  # retrained on the new cache
+    key = json.loads((out / "runs/full/seed0/experiment.json").read_text())
+    assert key["cache"]["fingerprint"]["image"]["weights"].startswith("random-init seed=1")
+
+
+def test_the_run_key_holds_the_data_and_the_resolved_stage_three_recipe(data, table, tmp_path):
+    key = json.loads((table["out"] / "runs/full/seed0/experiment.json").read_text())
+    csv = next(data["data"].rglob("ms3_meta_data.csv"))
+    assert key["data"]["metadata_sha256"] == hashlib.sha256(csv.read_bytes()).hexdigest()
+    assert key["finetune_resolved"] is None  # stage two only
+    spec = load_spec(write_spec(tmp_path / "ft.yaml", {"base": BASE, "variants": [
+        {"name": "tuned", "finetune": {"train.lr": 0.5}}]}))
+    from stbava.pipeline.experiment import Context, run_key
+
+    ctx = Context(data["cache"], data["data"], tmp_path, "test", "cpu", False, {})
+    resolved = run_key(spec, spec.variants[0], 0, ctx)["finetune_resolved"]
+    assert resolved["train"]["lr"] == 0.5 and resolved["train"]["epochs"] == 15  # the stage-three recipe
+    assert resolved["train"]["train_fusion"] is False
 
 
 def test_spec_errors(tmp_path):
@@ -266,20 +323,12 @@ def test_spec_errors(tmp_path):
         variant_config(typo, typo.variants[0], 0)
 
 
-FUSION_CHOICES = {"stbava", "tpavi", "han", "cmran", "jca", "none"}
-
-
 @pytest.mark.parametrize("path", sorted((ROOT / "configs" / "experiments").glob("*.yaml")), ids=lambda p: p.name)
 def test_shipped_specs_load(path):
-    """Structure and every variant's config are checked; model.fusion's string values are only checked against
-    the known choices while ModelConfig.fusion is still a boolean (another branch turns it into the string)."""
+    """Structure and every variant's config (model.fusion names included) are checked, and every spec has its
+    real-data / demo twin."""
     spec = load_spec(path)
-    fusion_is_str = typing.get_type_hints(ModelConfig)["fusion"] is str
     for v in spec.variants:
-        fusion = v.overrides.get("model", {}).get("fusion")
-        if fusion is not None and not fusion_is_str:
-            assert fusion in FUSION_CHOICES
-            v.overrides["model"].pop("fusion")
         assert variant_config(spec, v, seed=0).subset == "ms3"
     name = path.name.removeprefix("demo_")
     assert (path.parent / name).is_file() and (path.parent / f"demo_{name}").is_file()
