@@ -8,32 +8,23 @@ from collections.abc import Iterator
 
 import click
 
-from stbava.config import ConfigError
-from stbava.data.clips import DataError
-
-
-def _known_errors() -> tuple[type[BaseException], ...]:
-    from stbava.checkpoint import CheckpointFormatError
-
-    errs: list[type[BaseException]] = [DataError, ConfigError, CheckpointFormatError]
-    with contextlib.suppress(ImportError):
-        from stbava.state_dict import CheckpointError
-
-        errs.append(CheckpointError)
-    with contextlib.suppress(ImportError):
-        from stbava.cache import CacheError
-
-        errs.append(CacheError)
-    return tuple(errs)
-
 
 @contextlib.contextmanager
 def cli_errors() -> Iterator[None]:
-    """Known user-facing errors become a one-line message and exit code 1, without a traceback."""
+    """Known user-facing errors (:data:`stbava.pipeline.user_errors.USER_ERRORS`) become a one-line message
+    and exit code 1, without a traceback; anything else is a bug and keeps its traceback.
+
+    The error classes are imported when an exception arrives, so a command's start does not pay for torch;
+    an ImportError of the package's own modules is not hidden.
+    """
     try:
         yield
-    except _known_errors() as e:
-        raise click.ClickException(str(e)) from None
+    except Exception as e:
+        from stbava.pipeline.user_errors import USER_ERRORS
+
+        if isinstance(e, USER_ERRORS):
+            raise click.ClickException(str(e)) from None
+        raise
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
