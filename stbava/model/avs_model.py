@@ -23,6 +23,7 @@ from torch import nn
 
 from stbava import thirdparty
 from stbava.model.fusion import FusionOutput, build_fusion
+from stbava.model.fusion.registry import check_inputs
 
 # Top-level names under which fusion parameters can live in an AVSModel (flat modules use the first two).
 FUSION_PARAM_PREFIXES = ("audio_embed_layer", "layers", "fusion")
@@ -122,17 +123,10 @@ class AVSModel(nn.Module):
         self.fusion_module.center_audio(mean_audio)
 
     def _check(self, image: torch.Tensor, audio: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Shape checks + cast to the model dtype (cached image embeddings are float16)."""
-        b, t = image.shape[:2]
-        want = (self.embed_dim, self.grid, self.grid)
-        if image.ndim != 5 or tuple(image.shape[2:]) != want:
-            raise ValueError(f"image embeddings must be [B,T,{want[0]},{want[1]},{want[2]}], got "
-                             f"{tuple(image.shape)} (embeddings of another encoder than this model's?)")
-        if tuple(audio.shape) != (b, t, self.audio_dim):
-            raise ValueError(f"audio embeddings must be [B,T,{self.audio_dim}] = [{b},{t},{self.audio_dim}], "
-                             f"got {tuple(audio.shape)}")
-        dtype = self.mask_decoder.iou_token.weight.dtype
-        return image.to(dtype), audio.to(dtype)
+        """The fusion contract's shape checks on this model's sizes + cast to its dtype (cached embeddings are
+        float16)."""
+        return check_inputs(image, audio, embed_dim=self.embed_dim, audio_dim=self.audio_dim, grid=self.grid,
+                            dtype=self.mask_decoder.iou_token.weight.dtype)
 
     def dense_pe(self, dtype: torch.dtype) -> torch.Tensor:
         """SAM's random-Fourier PE of the grid, ``[1,C,g,g]``."""

@@ -121,11 +121,11 @@ def check_inputs(image: torch.Tensor, audio: torch.Tensor, *, embed_dim: int, au
     """
     want = (embed_dim, grid, grid)
     if image.ndim != 5 or tuple(image.shape[2:]) != want:
-        raise ValueError(f"image embeddings must be [B,T,{embed_dim},{grid},{grid}], "
-                         f"got {tuple(image.shape)}")
+        raise ValueError(f"image embeddings must be [B,T,{embed_dim},{grid},{grid}], got {tuple(image.shape)} "
+                         "(embeddings of another encoder than this model's?)")
     if tuple(audio.shape) != (*image.shape[:2], audio_dim):
         b, t = image.shape[:2]
-        raise ValueError(f"audio must be [B,T,{audio_dim}] = [{b},{t},{audio_dim}], "
+        raise ValueError(f"audio embeddings must be [B,T,{audio_dim}] = [{b},{t},{audio_dim}], "
                          f"got {tuple(audio.shape)}")
     return image.to(dtype), audio.to(dtype)
 
@@ -141,7 +141,6 @@ def map_tokens(module: nn.Module, image: torch.Tensor, audio: torch.Tensor, dtyp
 def token_pair(token: torch.Tensor) -> torch.Tensor:
     """``[B,T,C]`` -> ``[B,T,2,C]``: the token twice, ST-BAVA's sparse-prompt convention (REFERENCE §5)."""
     return token.unsqueeze(2).expand(-1, -1, 2, -1)
-
 
 
 @torch.no_grad()
