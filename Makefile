@@ -69,8 +69,9 @@ $(VENV)/.installed: pyproject.toml Makefile
 demo: setup
 	$(STBAVA) demo --out $(DEMO_OUT)
 
+# Two pytest-xdist workers, one test file at a time each (module fixtures are built once); the slowest 15 listed.
 test: setup
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=15
 
 bench: setup
 	$(BIN)/python -m benchmarks

@@ -1,6 +1,7 @@
 """Helpers of the reliability suite: the command lines it runs, in-process and as child processes.
 
-Subprocesses run with two intra-op threads, like the test process, so their floats match bit for bit.
+Subprocesses run with the test process's intra-op thread count (2 alone, 1 under pytest-xdist), so their floats
+match bit for bit.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import h5py
 import numpy as np
+import torch
 from click.testing import CliRunner, Result
 
 from stbava.cache import open_cache
@@ -42,7 +44,9 @@ class Dataset:
 
 def subprocess_env() -> dict[str, str]:
     env = dict(os.environ)
-    env.update(OMP_NUM_THREADS="2", MKL_NUM_THREADS="2", PYTHONPATH=str(REPO) + os.pathsep + env.get("PYTHONPATH", ""))
+    threads = str(torch.get_num_threads())
+    env.update(OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads,
+               PYTHONPATH=str(REPO) + os.pathsep + env.get("PYTHONPATH", ""))
     return env
 
 

@@ -72,7 +72,7 @@ def checkpoint_tensors(path: Path) -> dict[str, torch.Tensor]:
 
 def test_killed_training_resumes_to_the_same_weights(dataset, ref_cache, tmp_path):
     straight, killed = tmp_path / "straight", tmp_path / "killed"
-    done = cli(*train_args(ref_cache, dataset.root, straight))  # in-process, with the same two threads
+    done = cli(*train_args(ref_cache, dataset.root, straight))  # in-process, with the same thread count
     assert done.exit_code == 0, done.output
 
     kill_args = train_args(ref_cache, dataset.root, killed)
