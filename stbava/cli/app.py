@@ -16,7 +16,8 @@ from stbava.cli.weights import weight_options, weight_search
 @click.option("--examples", type=click.Path(exists=True, file_okay=False), default=None,
               help="A folder of videos offered as examples to pick.")
 @click.option("--work-dir", type=click.Path(file_okay=False), default=None,
-              help="Where each request's outputs go (default: a new temporary folder).")
+              help="Each request's outputs go to a new folder made inside it (default: a new temporary folder); "
+                   "that folder is removed when the app closes.")
 @weight_options
 @click.option("--device", default="auto", show_default=True)
 def app_cmd(checkpoint, port, host, examples, work_dir, sam_checkpoint, vggish_checkpoint, vggish_pca, weights_dir,

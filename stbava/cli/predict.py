@@ -9,20 +9,27 @@ from stbava.cli.weights import weight_options, weight_search
 
 
 @main.command("predict")
-@click.option("--checkpoint", required=True, type=click.Path(exists=True), help="best.pt or a run dir.")
+@click.option("--checkpoint", required=True, type=click.Path(), help="best.pt or a run dir (read after every other "
+              "option and the input are checked).")
 @click.option("--input", "input_path", required=True, type=click.Path(exists=True),
               help="A video file with an audio track, a folder of frames (one per second) plus a wav, or a folder "
-                   "of videos (one output folder each).")
+                   "of videos: one output folder each, named by the file name without its extension (two videos "
+                   "that differ only in extension, a.mp4 and a.mov, are refused: rename one). A folder is a folder "
+                   "of videos when most of its media files are videos, else a folder of frames; a warning names "
+                   "the files not used.")
 @click.option("--audio", type=click.Path(exists=True, dir_okay=False), default=None, help="Wav for a frames folder.")
 @click.option("--out", required=True, type=click.Path(file_okay=False),
-              help="masks/, the overlay video and summary.json go here.")
-@click.option("--start", type=float, default=0.0, show_default=True, help="Seconds into the input to begin at.")
-@click.option("--duration", type=float, default=None, help="Seconds to process from --start (default: to the end).")
+              help="masks/, the overlay video and summary.json go here, once an input has succeeded (a failed "
+                   "input leaves nothing).")
+@click.option("--start", type=float, default=0.0, show_default=True,
+              help="Seconds into the input to begin at (>= 0; from the earliest start of its video and audio).")
+@click.option("--duration", type=float, default=None, help="Seconds to process from --start (> 0; default: to the "
+              "end).")
 @click.option("--temporal-stride", type=float, default=1.0, show_default=True,
               help="Seconds between masks (1/n: 1, 0.5, 0.2, ...); extra windows offset by it, each still sampling "
                    "frames 1 s apart. Costs 1/stride times the model time.")
 @click.option("--max-side", type=int, default=None, help="Scale the overlay so its longer side is at most this "
-              "many pixels (default: the input's resolution).")
+              "many pixels, at least 2 (default: the input's resolution).")
 @click.option("--gif", is_flag=True, help="Write overlay.gif (one frame per mask step, no sound) instead of overlay.mp4.")
 @weight_options
 @click.option("--device", default="auto", show_default=True)

@@ -1,7 +1,8 @@
 """A folder of frames (one per second, sorted by name) plus a wav: the same reader interface as a video file.
 
 Frame ``i`` (0-based, in name order) is second ``[i, i+1)``; the wav is read whole (16 kHz mono), which is fine
-for the short clips such folders hold. ``--start`` / ``--duration`` count whole seconds here.
+for the short clips such folders hold. ``--start`` / ``--duration`` count whole seconds here and are checked
+as a video's are (:func:`stbava.data.video.check_range`: ``--start`` >= 0, ``--duration`` > 0).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from stbava.data.clips import DataError
-from stbava.data.video import IMAGE_SUFFIXES, SR, AudioTrack, Second, squash
+from stbava.data.video import IMAGE_SUFFIXES, SR, AudioTrack, Second, check_range, squash
 
 
 class FramesFolder:
@@ -24,6 +25,7 @@ class FramesFolder:
         from stbava.data.io import load_audio, read_frame
 
         self.path = folder
+        check_range(start, duration, folder)
         files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         if not files:
             raise DataError(f"{folder}: no frame images (.png/.jpg) found")

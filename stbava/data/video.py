@@ -7,10 +7,19 @@ offsets, ``--temporal-stride``); :meth:`VideoFile.frames` and :meth:`VideoFile.a
 and the original audio for the overlay video. Times are in seconds from ``start`` (``--start``) and stop
 after ``duration`` (``--duration``). A folder of frames plus a wav is the other input
 (:mod:`stbava.data.frames_folder`); :func:`stbava.data.media.open_media` picks the reader.
+
+One timeline for both streams: time 0 is the *earliest start of the video and audio streams* (their
+presentation timestamps), and frame times and audio samples are both measured from it, so a file whose
+video starts later than its sound (or the other way round, or whose streams both start late, as in phone
+and screen recordings or MPEG-TS) keeps them in sync. Frame ``t`` is shown ``t`` seconds after that origin;
+audio that starts after the origin is preceded by silence, so audio sample ``i`` is at ``i / rate`` s too.
+``--start`` counts from the origin as well. The overlay writes its audio from 0 and its frames at these
+times, so it has the input's offset between picture and sound.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
@@ -24,7 +33,7 @@ SR = 16000
 FRAME_OFFSET_S = 15 / 16  # AVSBench keeps the 16th of 16 samples per second (REFERENCE §1.3)
 VIDEO_SUFFIXES = {".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v"}
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp"}
-_EPS = 1e-6
+TIME_EPS = 1e-6  # seconds: timestamps this close count as equal (float PTS of frames, sampling points, steps)
 
 
 @dataclass
@@ -85,6 +94,35 @@ class AudioWindow:
         return self.buf[:SR].copy()
 
 
+def check_range(start: float, duration: float | None, subject: str | Path | None = None) -> None:
+    """``--start`` >= 0 and ``--duration`` > 0 (None: to the end), for every reader; DataError naming the fix."""
+    bad = []
+    if not start >= 0:  # also NaN
+        bad.append(f"--start must be >= 0 seconds from the beginning (got {start})")
+    if duration is not None and not duration > 0:
+        bad.append(f"--duration must be > 0 seconds (got {duration}); leave it out to read to the end")
+    if bad:
+        raise DataError((f"{subject}: " if subject else "") + "; ".join(bad))
+
+
+def silence(layout: str, samples: int, rate: int) -> Iterator[np.ndarray]:
+    """``samples`` zeros as planar float32 chunks ``[channels, <= rate]`` (one second at most each)."""
+    import av
+
+    channels = len(av.AudioLayout(layout).channels)
+    for i in range(0, samples, rate):
+        yield np.zeros((channels, min(rate, samples - i)), np.float32)
+
+
+def timeline_origin(container) -> float:
+    """Seconds of the earliest start of the first video and audio streams: time 0 of this module's timeline."""
+    starts = [float(s.start_time * s.time_base) for s in (container.streams.video[0], container.streams.audio[0])
+              if s.start_time is not None and s.time_base is not None]
+    if starts:
+        return min(starts)
+    return container.start_time / 1e6 if container.start_time else 0.0
+
+
 def _open(path: Path):
     import av
 
@@ -99,9 +137,8 @@ class VideoFile:
 
     def __init__(self, path: str | Path, start: float = 0.0, duration: float | None = None) -> None:
         self.path = Path(path)
+        check_range(start, duration, self.path)
         self.start, self.duration = float(start), duration
-        if self.start < 0 or (duration is not None and duration <= 0):
-            raise DataError(f"--start must be >= 0 and --duration > 0 (got {start}, {duration})")
         with _open(self.path) as c:
             if not c.streams.video:
                 raise DataError(f"{self.path}: no video stream")
@@ -112,26 +149,27 @@ class VideoFile:
             self.fps = Fraction(vs.average_rate or vs.guessed_rate or 25)
             self.width, self.height = vs.codec_context.width, vs.codec_context.height
             self.audio_rate, self.audio_layout = aus.codec_context.sample_rate, aus.codec_context.layout.name
-            total = float(c.duration / 1e6) if c.duration else None
+            self.origin = timeline_origin(c)  # absolute PTS (s) of time 0
+            total = float(c.duration / 1e6) if c.duration else None  # FFmpeg: from the earliest start to the end
         left = None if total is None else max(total - self.start, 0.0)
         self.length = left if duration is None else (duration if left is None else min(duration, left))
 
     def _in_range(self, t: float) -> bool:
-        return t >= self.start - _EPS and (self.duration is None or t < self.start + self.duration - _EPS)
+        return t >= self.start - TIME_EPS and (self.duration is None or t < self.start + self.duration - TIME_EPS)
 
     def _video_frames(self) -> Iterator[tuple[float, object]]:
-        """(time from ``start``, av.VideoFrame) for every decoded frame in range."""
+        """(time from ``start``, av.VideoFrame) for every decoded frame in range (times on the shared timeline)."""
         import av
 
         with _open(self.path) as c:
             vs = c.streams.video[0]
             vs.thread_type = "AUTO"
             if self.start > 0:
-                c.seek(int(self.start / vs.time_base), stream=vs)
+                c.seek(int((self.origin + self.start) / vs.time_base), stream=vs)
             try:
                 for fr in c.decode(vs):
-                    t = float(fr.time) if fr.time is not None else 0.0
-                    if t < self.start - _EPS:
+                    t = float(fr.time) - self.origin if fr.time is not None else 0.0
+                    if t < self.start - TIME_EPS:
                         continue
                     if not self._in_range(t):
                         return
@@ -149,29 +187,44 @@ class VideoFile:
         """Planar float32 chunks ``[channels, n]`` of the range, resampled to ``rate`` / ``layout``."""
         import av
 
+        left = None if self.duration is None else round(self.duration * rate)
         with _open(self.path) as c:
-            astream = c.streams.audio[0]
-            if self.start > 0:
-                c.seek(int(self.start / astream.time_base), stream=astream)
-            resampler = av.AudioResampler(format="fltp", layout=layout, rate=rate)
-            skip, left = None, None if self.duration is None else round(self.duration * rate)
             try:
-                for af in c.decode(astream):
-                    if skip is None:  # samples before --start in the first decoded frame after the seek
-                        t0 = float(af.time) if af.time is not None else 0.0
-                        skip = max(round((self.start - t0) * rate), 0)
-                    for out in [*resampler.resample(af)]:
-                        chunk, skip, left = _trim(out.to_ndarray(), skip, left)
-                        if chunk.shape[1]:
-                            yield chunk
-                        if left == 0:
-                            return
-                for out in resampler.resample(None):
-                    chunk, skip, left = _trim(out.to_ndarray(), skip or 0, left)
+                for chunk in self._audio_from_start(c, rate, layout):
+                    if left is not None:
+                        chunk = chunk[:, :left]
+                        left -= chunk.shape[1]
                     if chunk.shape[1]:
-                        yield chunk
+                        yield np.ascontiguousarray(chunk, dtype=np.float32)
+                    if left == 0:
+                        return
             except av.error.FFmpegError as e:
                 raise DataError(f"{self.path}: audio stream is corrupt ({e})") from None
+
+    def _audio_from_start(self, c, rate: int, layout: str) -> Iterator[np.ndarray]:
+        """Resampled chunks whose first sample is at ``start`` on the shared timeline (to the end of the audio).
+
+        Audio that starts later than ``start`` is preceded by silence; samples before it (the seek lands on
+        an earlier frame) are dropped.
+        """
+        import av
+
+        astream = c.streams.audio[0]
+        if self.start > 0:
+            c.seek(int((self.origin + self.start) / astream.time_base), stream=astream)
+        resampler = av.AudioResampler(format="fltp", layout=layout, rate=rate)
+        skip = None
+        for af in itertools.chain(c.decode(astream), [None]):  # None: flush the resampler
+            if skip is None and af is not None:
+                t0 = float(af.time) - self.origin if af.time is not None else self.start
+                skip = round((self.start - t0) * rate)  # < 0: the audio starts that many samples after start
+                yield from silence(layout, -skip, rate)
+                skip = max(skip, 0)
+            for out in resampler.resample(af):
+                x = out.to_ndarray()
+                cut = min(skip or 0, x.shape[1])
+                skip = (skip or 0) - cut
+                yield x[:, cut:]
 
     def audio_track(self) -> AudioTrack:
         """The input's audio at its own rate and channel layout (for the overlay video)."""
@@ -189,7 +242,7 @@ class VideoFile:
         last: tuple[float, object] | None = None
         for t, fr in self._video_frames():
             img = None
-            while t >= nxt + FRAME_OFFSET_S - _EPS:
+            while t >= nxt + FRAME_OFFSET_S - TIME_EPS:
                 sec = audio.take(nxt)
                 if sec is None:
                     return
@@ -197,19 +250,9 @@ class VideoFile:
                 yield Second(nxt, img, sec)
                 nxt = next(starts)
             last = (t, fr)
-        while last is not None and last[0] >= nxt - _EPS:  # the video ends before this second's sampling point
+        while last is not None and last[0] >= nxt - TIME_EPS:  # the video ends before this second's sampling point
             sec = audio.take(nxt)
             if sec is None:
                 return
             yield Second(nxt, squash(last[1].to_ndarray(format="rgb24")), sec)
             nxt = next(starts)
-
-
-def _trim(chunk: np.ndarray, skip: int, left: int | None) -> tuple[np.ndarray, int, int | None]:
-    """Drop ``skip`` leading samples and keep at most ``left`` (None: all); returns the updated counters."""
-    cut = min(skip, chunk.shape[1])
-    chunk, skip = chunk[:, cut:], skip - cut
-    if left is not None:
-        chunk = chunk[:, :left]
-        left -= chunk.shape[1]
-    return np.ascontiguousarray(chunk, dtype=np.float32), skip, left

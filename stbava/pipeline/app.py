@@ -3,11 +3,14 @@
 Pick an example or upload a video, press *Segment*; the page shows the overlay video (with the input's
 sound), the per-second masks, and offers the masks + ``summary.json`` as one zip. The model is restored
 once at start; every request runs :func:`stbava.pipeline.predict_run.predict_one` into its own folder
-under the work dir. Needs the optional extra: ``pip install "stbava[app]"``.
+under the work dir. The work dir is the app's own (a new temporary folder, or a new folder inside
+``--work-dir``) and is removed when the app closes (``close()``, the end of a blocking launch, or at the
+latest when the process exits). Needs the optional extra: ``pip install "stbava[app]"``.
 """
 
 from __future__ import annotations
 
+import atexit
 import logging
 import shutil
 import tempfile
@@ -86,19 +89,57 @@ def build_app(pred: Predictor, work: Path, examples: list[Path] | None = None) -
     return app
 
 
+class WorkDir:
+    """The app's own folder for the requests' outputs: created at start, removed once by :meth:`remove`.
+
+    A new folder inside ``parent`` (a user's ``--work-dir`` is kept; only what the app made is removed), or a
+    new temporary folder. Also removed when the process exits, should the app never be closed.
+    """
+
+    def __init__(self, parent: str | Path | None = None) -> None:
+        if parent is not None:
+            Path(parent).mkdir(parents=True, exist_ok=True)
+        self.path = Path(tempfile.mkdtemp(prefix="stbava_app_", dir=parent))
+        atexit.register(self.remove)
+
+    def remove(self) -> None:
+        shutil.rmtree(self.path, ignore_errors=True)
+        atexit.unregister(self.remove)
+
+
+def _clean_on_close(app: Any, work: WorkDir) -> None:
+    """Make ``app.close()`` also remove the work dir (after the server has stopped)."""
+    close = app.close
+
+    def close_and_clean(*args: Any, **kwargs: Any) -> None:
+        try:
+            close(*args, **kwargs)
+        finally:
+            work.remove()
+
+    app.close = close_and_clean
+
+
 def launch_app(checkpoint: str | Path, *, port: int = 7860, host: str = "127.0.0.1", examples: str | Path | None = None,
                work_dir: str | Path | None = None, device: str = "auto", search: WeightSearch | None = None,
                block: bool = True) -> Any:
     """Restore the checkpoint once and serve the app on ``host:port`` (127.0.0.1: this machine only).
 
-    Returns the launched Blocks (``block=False`` returns right after start; call ``.close()`` to stop).
+    Returns the launched Blocks (``block=False`` returns right after start; call ``.close()`` to stop). The
+    work dir (:class:`WorkDir`) is removed when ``.close()`` is called, or when a blocking launch returns.
     """
     pred = load_predictor(checkpoint, search=search, device=device)
-    work = Path(work_dir) if work_dir else Path(tempfile.mkdtemp(prefix="stbava_app_"))
-    work.mkdir(parents=True, exist_ok=True)
-    app = build_app(pred, work, folder_videos(examples) if examples else None)
-    allowed = [str(work)] + ([str(Path(examples).resolve())] if examples else [])
-    app.queue(default_concurrency_limit=1)  # one model, one request at a time
-    app.launch(server_name=host, server_port=port, prevent_thread_lock=not block, allowed_paths=allowed,
-               show_error=True, quiet=not block)
+    work = WorkDir(work_dir)
+    try:
+        app = build_app(pred, work.path, folder_videos(examples) if examples else None)
+        _clean_on_close(app, work)
+        allowed = [str(work.path)] + ([str(Path(examples).resolve())] if examples else [])
+        app.queue(default_concurrency_limit=1)  # one model, one request at a time
+        app.launch(server_name=host, server_port=port, prevent_thread_lock=not block, allowed_paths=allowed,
+                   show_error=True, quiet=not block)
+    except BaseException:
+        work.remove()
+        raise
+    if block:  # the server has stopped (Ctrl-C)
+        work.remove()
     return app

@@ -17,16 +17,25 @@ from pathlib import Path
 
 import numpy as np
 
-from stbava.data.video import AudioTrack
+from stbava.data.clips import DataError
+from stbava.data.video import TIME_EPS, AudioTrack
 from stbava.viz import mask_layers, paint_layers
 
-_EPS = 1e-6
+MIN_SIDE = 2  # pixels: H.264 yuv420p needs even sizes, so 2x2 is the smallest overlay
 log = logging.getLogger(__name__)
+
+
+def check_max_side(max_side: int | None) -> None:
+    """``--max-side``: None (keep the input's size) or at least :data:`MIN_SIDE` pixels."""
+    if max_side is not None and not max_side >= MIN_SIDE:
+        raise DataError(f"--max-side must be at least {MIN_SIDE} pixels (got {max_side}); leave it out to keep "
+                        "the input's resolution")
 
 
 def output_size(width: int, height: int, max_side: int | None) -> tuple[int, int] | None:
     """``(w, h)`` to scale frames to when ``max_side`` is below the input's longer side, else None (keep)."""
-    if not max_side or max(width, height) <= max_side:
+    check_max_side(max_side)
+    if max_side is None or max(width, height) <= max_side:
         return None
     s = max_side / max(width, height)
     return max(2, round(width * s / 2) * 2), max(2, round(height * s / 2) * 2)
@@ -49,7 +58,7 @@ class HeldMasks:
 
     def at(self, t: float, final: bool) -> tuple[int, np.ndarray] | None:
         """(step, prob [224,224]) held at ``t``; None while it is not predicted yet (``final``: use the latest)."""
-        want = math.floor(t * self.per_second + _EPS)
+        want = math.floor(t * self.per_second + TIME_EPS)
         if want in self.masks:
             key = want
         elif final and self.masks:

@@ -28,7 +28,7 @@ import torch
 from stbava.checkpoint import CheckpointFormatError, read_checkpoint
 from stbava.config import EncoderConfig
 from stbava.data.clips import DataError
-from stbava.data.video import SR, Second
+from stbava.data.video import SR, TIME_EPS, Second
 from stbava.device import resolve_device
 from stbava.encoders.weights import WeightSearch
 from stbava.pipeline.net import Net
@@ -37,32 +37,26 @@ from stbava.provenance import require_same_encoders
 log = logging.getLogger(__name__)
 
 
-def windows(seconds: int, t: int) -> list[tuple[int, int]]:
-    """``(start, first_new)`` per window: start second of the T-second window, first second it writes."""
-    if seconds <= t:
-        return [(0, 0)]
-    out = [(s, s) for s in range(0, seconds - t + 1, t)]
-    covered = out[-1][0] + t
-    if covered < seconds:
-        out.append((seconds - t, covered))
-    return out
-
-
 def stride_offsets(stride: float) -> list[float]:
     """``--temporal-stride`` -> the start offsets of the series of seconds: 0.2 -> [0, 0.2, 0.4, 0.6, 0.8]."""
     n = round(1 / stride) if stride > 0 else 0
-    if n < 1 or n > 50 or abs(n * stride - 1) > 1e-6:
+    if n < 1 or n > 50 or abs(n * stride - 1) > TIME_EPS:
         raise DataError(f"--temporal-stride must be 1/n seconds for n = 1..50 (1, 0.5, 0.25, 0.2, 0.1, ...), "
                         f"got {stride}")
     return [i / n for i in range(n)]
 
 
 class SeriesWindows:
-    """Groups the seconds of one series (one start offset) into T-second windows, following :func:`windows`.
+    """The window layout: groups the seconds of one series (one start offset) into T-second windows.
 
     ``push`` returns a full window every T seconds; ``flush`` returns the last partial window (aligned to the
     end, or padded when the series is shorter than T). Each window comes with the seconds it writes.
     """
+
+    @staticmethod
+    def windows_for(seconds: int, t: int) -> int:
+        """How many windows ``push`` + ``flush`` give for ``seconds`` seconds: one per full T, one for the rest."""
+        return -(-seconds // t) if seconds > 0 else 0
 
     def __init__(self, t: int) -> None:
         self.t, self.count, self.done = t, 0, 0
@@ -88,7 +82,7 @@ def window_count(length: float | None, offsets: list[float], t: int) -> int | No
     """How many windows a clip of ``length`` seconds needs (for the progress bar); None when unknown."""
     if length is None:
         return None
-    return sum(len(windows(s, t)) for s in (math.floor(length - o + 1e-6) for o in offsets) if s > 0)
+    return sum(SeriesWindows.windows_for(math.floor(length - o + TIME_EPS), t) for o in offsets)
 
 
 def _fusion_net_with_encoders(net: Net, enc_cfg: EncoderConfig, frames: int, payload: dict[str, Any],
@@ -122,7 +116,11 @@ class Predictor:
     device: torch.device
 
     def window_probs(self, secs: list[Second]) -> np.ndarray:
-        """Probabilities ``[T,224,224]`` of one window (padded by repeating the last frame and audio example)."""
+        """Probabilities ``[T,224,224]`` of one window (padded by repeating the last frame and audio example).
+
+        The array is numpy's own (not a view of torch's buffer), so Python's memory tracing (tracemalloc, the
+        streaming-memory test) sees every mask that is still held.
+        """
         from stbava.data.transforms import frames_to_sam_input, waveform_to_examples
 
         frames = [s.frame for s in secs] + [secs[-1].frame] * (self.t - len(secs))
@@ -130,7 +128,7 @@ class Predictor:
         x = frames_to_sam_input(frames, self.img_size).to(self.device)
         with torch.inference_mode():
             logits = self.net(frames=x[None], log_mels=torch.from_numpy(mels)[None].to(self.device))[0]
-        return torch.sigmoid(logits.float()).cpu().numpy()
+        return torch.sigmoid(logits.float()).cpu().numpy().copy()
 
     def probs(self, seconds: Iterable[Second], offsets: list[float], on_window: Callable[[], Any] | None = None
               ) -> Iterator[tuple[float, np.ndarray]]:
@@ -151,7 +149,7 @@ class Predictor:
                 yield s.start, p[starts.index(s.start)]
 
         for sec in seconds:
-            yield from run(series[round(sec.start - math.floor(sec.start + 1e-6), 6)].push(sec))
+            yield from run(series[round(sec.start - math.floor(sec.start + TIME_EPS), 6)].push(sec))
         for s in series.values():
             yield from run(s.flush())
 

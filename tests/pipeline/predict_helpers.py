@@ -27,3 +27,51 @@ def tiny_checkpoint(path: Path, empty_masks: bool = False) -> Path:
     save_checkpoint(path, kind="fusion", cfg=cfg, weights=weights,
                     fingerprint=encoder_fingerprint(cfg.encoder, cfg.frames))
     return path
+
+
+def shade(j: int) -> int:
+    """Grey level of the picture shown in second ``j`` of a :func:`write_offset_video` video."""
+    return 20 + 40 * j
+
+
+def tone_hz(k: int) -> float:
+    """Pitch of second ``k`` of a :func:`write_offset_video` video's audio."""
+    return 300.0 + 200.0 * k
+
+
+def write_offset_video(path: Path, video_start: float, audio_start: float, seconds: int = 4, fps: int = 16,
+                       rate: int = 16000) -> Path:
+    """An MP4 whose video stream starts at ``video_start`` s and its audio at ``audio_start`` s (PTS).
+
+    Second ``j`` of the picture (from the video's own start) is flat grey :func:`shade` (j); second ``k`` of
+    the sound (from the audio's own start) is a sine of :func:`tone_hz` (k); both last ``seconds`` s, so
+    which sound plays with which picture tells where each stream sits on the container's timeline. At 16 fps
+    a frame falls exactly on AVSBench's sampling point (15/16 s into a second), so the sampled picture is
+    that second's, not the next one's.
+    """
+    import av
+    import numpy as np
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    t = np.arange(seconds * rate) / rate
+    wav = (0.3 * np.sin(2 * np.pi * (300 + 200 * t.astype(int)) * t)).astype(np.float32)
+    with av.open(str(path), "w") as c:
+        vs = c.add_stream("libx264", rate=fps)
+        vs.width, vs.height, vs.pix_fmt = 32, 32, "yuv420p"
+        aus = c.add_stream("aac", rate=rate)
+        aus.layout = "mono"
+        for i in range(seconds * fps):
+            fr = av.VideoFrame.from_ndarray(np.full((32, 32, 3), shade(i // fps), np.uint8), format="rgb24")
+            fr.pts = i + round(video_start * fps)  # in 1/fps, the stream's time base
+            for p in vs.encode(fr):
+                c.mux(p)
+        for p in vs.encode():
+            c.mux(p)
+        for i in range(0, len(wav), 1024):
+            fr = av.AudioFrame.from_ndarray(wav[None, i:i + 1024], format="fltp", layout="mono")
+            fr.sample_rate, fr.pts = rate, i + round(audio_start * rate)
+            for p in aus.encode(fr):
+                c.mux(p)
+        for p in aus.encode():
+            c.mux(p)
+    return path
