@@ -151,3 +151,22 @@ def test_mapping_by_hand_for_avsbench_frames():
     np.testing.assert_array_equal(pts, [[0.0, 0.0], [223.0, 111.5]])
     np.testing.assert_allclose(map_boxes_to_input(np.array([[2, 1, 6, 4]]), (224, 224), 1024),
                                [[2 * 1024 / 224, 1024 / 224, 6 * 1024 / 224, 4 * 1024 / 224]])
+
+
+@pytest.mark.parametrize("frame_hw", [(180, 320), (320, 180), (240, 320)])
+def test_mask_prompts_of_a_non_square_frame_land_where_resize_longest_side_puts_them(resize_longest_side,
+                                                                                     frame_hw):
+    """AVSBench masks are the whole frame squashed to 224x224: a mask point goes to the frame first (x * W/224,
+    y * H/224), then through ResizeLongestSide of the frame's size. The mapping used the mask's square shape
+    as the frame's, so on a 320x180 frame the points and boxes landed off by up to 44 % (fails on that code)."""
+    h, w = frame_hw
+    rls = resize_longest_side(1024)
+    g = np.random.default_rng(1)
+    coords = g.uniform(0, 223, size=(4, 2))
+    boxes = np.sort(g.uniform(0, 223, size=(2, 2, 2)), axis=1).reshape(2, 4)
+    in_frame = coords * [w / 224, h / 224]
+    np.testing.assert_allclose(map_coords_to_input(coords, (224, 224), 1024, frame_hw),
+                               rls.apply_coords(in_frame, frame_hw), rtol=1e-12)
+    boxes_in_frame = boxes * [w / 224, h / 224, w / 224, h / 224]
+    np.testing.assert_allclose(map_boxes_to_input(boxes, (224, 224), 1024, frame_hw),
+                               rls.apply_boxes(boxes_in_frame, frame_hw), rtol=1e-12)

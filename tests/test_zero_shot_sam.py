@@ -96,3 +96,70 @@ def test_frame_seeds_depend_on_seed_clip_and_frame_only():
     seeds = {frame_seed(s, c, k) for s in (0, 1) for c in ("a", "b") for k in (0, 1)}
     assert len(seeds) == 8 and frame_seed(0, "a", 1) == frame_seed(0, "a", 1)
 
+
+
+def test_a_non_square_frame_is_prompted_and_cropped_like_sam(setup):
+    """A 320x180 frame (tiny encoder: resized to 256x144, padded below): the mask's points go to the frame
+    (x * 320/224, y * 180/224) and then scale by 256/320 (ResizeLongestSide), and the logits drop the padding
+    before the resize to 224, as ``Sam.postprocess_masks(masks, (144, 256), (224, 224))`` does. The points were
+    scaled by 256/224 on both axes and the padded square was squashed to 224 (fails on that code)."""
+    model, _, sam, emb = setup
+    h, w = 180, 320
+    nh, nw = int(h * IMG / w + 0.5), IMG  # 144, 256 by hand
+    coords = torch.tensor([[(x * w / 224 * nw / w, y * h / 224 * nh / h) for x, y in POINTS[:3]]])
+    with torch.no_grad():
+        sparse, dense = sam.prompt_encoder(points=(coords, torch.ones(1, 3, dtype=torch.int)), boxes=None, masks=None)
+        low, iou = sam.mask_decoder(image_embeddings=emb.float()[None], image_pe=sam.prompt_encoder.get_dense_pe(),
+                                    sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
+                                    multimask_output=True)
+        best = low[:, int(iou[0].argmax())][:, None]
+        want = sam.postprocess_masks(best, (nh, nw), (224, 224))[0, 0]
+    got = model.frame_logits(emb, _mask(), "point3", seed=0, frame_hw=(h, w))
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(got, model.frame_logits(emb, _mask(), "point3", seed=0), atol=1e-3)
+
+
+def test_the_report_also_scores_only_frames_with_a_non_empty_ground_truth():
+    """Two frames of one clip: an empty GT predicted empty (IoU 1 by AVSBench's rule) and a 10x10 object of
+    which the left half is predicted (IoU 0.5 by hand). All frames: 0.75; non-empty frames only: 0.5."""
+    from stbava.metrics import MetricAccumulator
+    from stbava.zero_shot.run import NonEmptyGT
+
+    masks = torch.zeros(2, 224, 224)
+    masks[1, 100:110, 100:110] = 1
+    logits = torch.full((2, 224, 224), EMPTY_LOGIT)
+    logits[1, 100:110, 100:105] = 10.0
+    everything, nonempty = MetricAccumulator(), NonEmptyGT()
+    everything.update(logits, masks, keys=["clip"])
+    nonempty.update(logits, masks, "clip")
+    report = nonempty.report()
+    assert everything.miou == pytest.approx(0.75, abs=1e-6)
+    assert report["miou_nonempty_gt"] == pytest.approx(0.5, abs=1e-6)
+    assert report["frames_nonempty_gt"] == 1 and report["frames_scored"] == 2
+    assert NonEmptyGT().report()["miou_nonempty_gt"] is None
+
+
+def test_zero_shot_on_a_320x180_tree_prompts_through_the_frames_real_size(tmp_path, monkeypatch):
+    """The command takes each clip's frame size from its files, so the mapping above is the one used."""
+    from PIL import Image
+
+    from stbava.data.synthetic import write_synthetic
+    from stbava.pipeline.extract import run_extraction
+    from stbava.zero_shot import sam as sam_mod
+    from stbava.zero_shot.run import run_zero_shot
+
+    root = write_synthetic(tmp_path / "d", "ms3", {"train": 1, "val": 1, "test": 1}, seed=2, frames=2)
+    for p in root.rglob("visual_frames/**/*.png"):
+        Image.open(p).resize((320, 180)).save(p)
+    run_extraction(root, "ms3", tmp_path / "c.zarr", "zarr", None, splits=["test"], batch_size=1, device="cpu",
+                   progress=False, frames=2)
+    seen, real = [], sam_mod.ZeroShotSAM.frame_logits
+
+    def spy(self, embedding, mask, prompt, seed, frame_hw=None):
+        seen.append(frame_hw)
+        return real(self, embedding, mask, prompt, seed, frame_hw)
+
+    monkeypatch.setattr(sam_mod.ZeroShotSAM, "frame_logits", spy)
+    _, report = run_zero_shot(tmp_path / "c.zarr", root, "ms3", "test", "box1", device="cpu")
+    assert seen and set(seen) == {(180, 320)}
+    assert report["frames_scored"] == 2 and 0 <= report["frames_nonempty_gt"] <= 2

@@ -21,7 +21,11 @@ from stbava.cli.group import cli_errors, main
 @click.option("--seed", type=int, default=0, show_default=True, help="Random prompt points; random SAM init.")
 @click.option("--device", default="auto", show_default=True)
 def zero_shot_cmd(cache, data_root, subset, split, prompt, sam_checkpoint, out, seed, device):
-    """Score SAM's own decoder on cached embeddings, prompted from each frame's GT mask (eval's metrics)."""
+    """Score SAM's own decoder on cached embeddings, prompted from each frame's GT mask (eval's metrics).
+
+    An empty GT mask gets no prompt and an empty prediction (IoU 1); the report also gives mIoU / F over the
+    frames with a non-empty GT only (*_nonempty_gt). Non-square frames are prompted through their real resize.
+    """
     from stbava.zero_shot.run import run_zero_shot
 
     with cli_errors():
@@ -29,6 +33,9 @@ def zero_shot_cmd(cache, data_root, subset, split, prompt, sam_checkpoint, out, 
                                        out=out, seed=seed, device=device)
     click.echo(f"{'subset':<8}{'split':<7}{'prompt':<8}{'clips':>6}{'mIoU':>9}{'F-score':>9}")
     click.echo(f"{subset:<8}{split:<7}{prompt:<8}{result.n_clips:>6}{result.miou:>9.4f}{result.fscore:>9.4f}")
+    ne, nf = report["miou_nonempty_gt"], report["fscore_nonempty_gt"]
+    click.echo(f"frames with a non-empty ground truth: {report['frames_nonempty_gt']} of {report['frames_scored']}"
+               + ("" if ne is None else f", mIoU {ne:.4f}, F-score {nf:.4f}"))
     click.echo(f"SAM weights: {report['sam_weights']}")
     if out:
         click.echo(f"report: {out}")

@@ -26,6 +26,8 @@ from typing import Literal
 import numpy as np
 from scipy import ndimage
 
+from stbava.data.transforms import sam_resize_shape
+
 PromptKind = Literal["point", "box"]
 _STRUCTURE = {4: ndimage.generate_binary_structure(2, 1), 8: ndimage.generate_binary_structure(2, 2)}
 
@@ -94,36 +96,35 @@ def prompts_from_mask(mask: np.ndarray, kind: PromptKind, n: int, seed: int, *,
     return np.array(boxes, dtype=np.float64).reshape(-1, 4)
 
 
-def _resized_shape(h: int, w: int, input_side: int) -> tuple[int, int]:
-    """SAM's ``ResizeLongestSide.get_preprocess_shape``: the longest side becomes ``input_side``."""
-    scale = input_side * 1.0 / max(h, w)
-    return int(h * scale + 0.5), int(w * scale + 0.5)
-
-
-def map_coords_to_input(coords: np.ndarray, mask_hw: tuple[int, int], input_side: int) -> np.ndarray:
+def map_coords_to_input(coords: np.ndarray, mask_hw: tuple[int, int], input_side: int,
+                        frame_hw: tuple[int, int] | None = None) -> np.ndarray:
     """Map ``(x, y)`` prompt coordinates from the mask's frame to the image encoder's input frame.
 
-    Frames reach the encoder resized so that their longest side is ``input_side`` (SAM's
-    ``ResizeLongestSide``, as ``stbava.data.transforms.frames_to_sam_input`` does; padding is bottom/right, so
-    it moves nothing). This is ``ResizeLongestSide(input_side).apply_coords(coords, mask_hw)``: x scales by
-    new_w / w and y by new_h / h. It assumes the mask has the frame's size (true for AVSBench's 224x224).
+    AVSBench masks cover the whole frame, squashed to 224x224, while frames reach the encoder resized so that
+    their longest side is ``input_side`` (SAM's ``ResizeLongestSide``, as
+    ``stbava.data.transforms.frames_to_sam_input`` does; the padding is bottom/right, so it moves nothing).
+    So a mask coordinate goes to the frame (x * W / mask_w) and then through ``ResizeLongestSide(input_side)
+    .apply_coords(., (H, W))``: x scales by new_w / mask_w and y by new_h / mask_h.
 
     Args:
-        coords: ``[..., 2]`` coordinates ``(x, y)``.
-        mask_hw: ``(H, W)`` of the mask (= the original frame).
+        coords: ``[..., 2]`` coordinates ``(x, y)`` in the mask's pixels.
+        mask_hw: ``(h, w)`` of the mask.
         input_side: the encoder's input side (1024 for SAM ViTs).
+        frame_hw: ``(H, W)`` of the original frame; None = the mask's own size (the mask is the frame).
 
     Returns:
         float64 array of the same shape.
     """
     h, w = mask_hw
-    new_h, new_w = _resized_shape(h, w, input_side)
+    new_h, new_w = sam_resize_shape(*(frame_hw or mask_hw), input_side)
     out = np.array(coords, dtype=np.float64, copy=True)
     out[..., 0] *= new_w / w
     out[..., 1] *= new_h / h
     return out
 
 
-def map_boxes_to_input(boxes: np.ndarray, mask_hw: tuple[int, int], input_side: int) -> np.ndarray:
+def map_boxes_to_input(boxes: np.ndarray, mask_hw: tuple[int, int], input_side: int,
+                       frame_hw: tuple[int, int] | None = None) -> np.ndarray:
     """``[k,4]`` XYXY boxes from the mask's frame to the encoder input (``ResizeLongestSide.apply_boxes``)."""
-    return map_coords_to_input(np.asarray(boxes).reshape(-1, 2, 2), mask_hw, input_side).reshape(-1, 4)
+    pairs = np.asarray(boxes).reshape(-1, 2, 2)
+    return map_coords_to_input(pairs, mask_hw, input_side, frame_hw).reshape(-1, 4)

@@ -10,8 +10,10 @@ with points or boxes from that frame's ground-truth mask (:func:`stbava.zero_sho
   the frame's logits are their pixel-wise maximum, i.e. the union of the masks at any threshold.
 - Every prompt set uses multimask output and keeps the mask with the highest predicted IoU. Its low-res
   logits are resized like ``AVSModel.upsample`` (bilinear to the encoder input side, then to 224).
-- Prompt coordinates go from the 224x224 mask to the encoder input as SAM's ``ResizeLongestSide`` maps them
-  (stbava frames are resized so that the longest side equals the encoder's img_size).
+- Prompt coordinates go from the 224x224 mask (the whole frame, squashed) to the frame and then to the encoder
+  input as SAM's ``ResizeLongestSide`` maps them (stbava frames are resized so that the longest side equals the
+  encoder's img_size, and padded bottom/right). The logits are cut back to the frame's un-padded area before
+  the resize to 224, as ``Sam.postprocess_masks`` does; for square frames both steps change nothing.
 - An empty mask gives no prompt and an empty prediction (all logits :data:`EMPTY_LOGIT`).
 
 Without real SAM weights the decoder is random (seeded): such numbers only test the plumbing.
@@ -24,9 +26,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from stbava import thirdparty
+from stbava.data.transforms import sam_resize_shape
 from stbava.model.avs_model import upsample_logits
 from stbava.state_dict import load_strict, strip_prefix
 from stbava.zero_shot.prompts import map_boxes_to_input, map_coords_to_input, prompts_from_mask
@@ -63,18 +67,25 @@ class ZeroShotSAM(nn.Module):
                         hint="pass an official SAM checkpoint (sam_vit_*.pth)")
 
     def _decode(self, embedding: torch.Tensor, points: tuple[torch.Tensor, torch.Tensor] | None,
-                boxes: torch.Tensor | None) -> torch.Tensor:
-        """N prompt sets on one frame -> the best of the 3 masks per set, ``[N,mask,mask]`` logits."""
+                boxes: torch.Tensor | None, valid_hw: tuple[int, int]) -> torch.Tensor:
+        """N prompt sets on one frame -> the best of the 3 masks per set, ``[N,mask,mask]`` logits.
+
+        ``valid_hw``: the resized frame's ``(h, w)`` inside the padded img_size square (the area kept)."""
         sparse, dense = self.prompt_encoder(points=points, boxes=boxes, masks=None)
         low_res, iou = self.mask_decoder(image_embeddings=embedding[None], image_pe=self.prompt_encoder.get_dense_pe(),
                                          sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
                                          multimask_output=True)
         best = iou.argmax(dim=1)  # [N]
         chosen = low_res[torch.arange(len(best)), best][:, None]  # [N,1,4g,4g]
-        return upsample_logits(chosen, self.img_size, self.mask_size)
+        if valid_hw == (self.img_size, self.img_size):  # a square frame: no padding to cut
+            return upsample_logits(chosen, self.img_size, self.mask_size)
+        x = F.interpolate(chosen, (self.img_size, self.img_size), mode="bilinear", align_corners=False)
+        x = x[..., :valid_hw[0], :valid_hw[1]]  # drop the padding, as Sam.postprocess_masks does
+        return F.interpolate(x, (self.mask_size, self.mask_size), mode="bilinear", align_corners=False)[:, 0]
 
     @torch.inference_mode()
-    def frame_logits(self, embedding: torch.Tensor, mask: np.ndarray, prompt: str, seed: int) -> torch.Tensor:
+    def frame_logits(self, embedding: torch.Tensor, mask: np.ndarray, prompt: str, seed: int,
+                     frame_hw: tuple[int, int] | None = None) -> torch.Tensor:
         """Logits ``[mask_size,mask_size]`` (float32) of one frame prompted from its ground-truth mask.
 
         Args:
@@ -82,6 +93,7 @@ class ZeroShotSAM(nn.Module):
             mask: ``[H,W]`` ground-truth mask (224x224 in AVSBench).
             prompt: a key of :data:`PROMPTS`.
             seed: seeds the random point of a region whose centre of mass is off it.
+            frame_hw: ``(H, W)`` of the original frame the embedding was made from; None = the mask's size.
         """
         kind, n = PROMPTS[prompt]
         found = prompts_from_mask(mask, kind, n, seed)
@@ -89,13 +101,15 @@ class ZeroShotSAM(nn.Module):
             return torch.full((self.mask_size, self.mask_size), EMPTY_LOGIT)
         param = self.mask_decoder.iou_token.weight
         emb = embedding.to(param)
+        frame_hw = frame_hw or mask.shape
+        valid_hw = sam_resize_shape(*frame_hw, self.img_size)
         if kind == "point":
-            coords = torch.as_tensor(map_coords_to_input(found, mask.shape, self.img_size)).to(param)[None]
-            logits = self._decode(emb, (coords, torch.ones(coords.shape[:2], dtype=torch.int, device=param.device)),
-                                  None)
+            coords = torch.as_tensor(map_coords_to_input(found, mask.shape, self.img_size, frame_hw)).to(param)[None]
+            labels = torch.ones(coords.shape[:2], dtype=torch.int, device=param.device)
+            logits = self._decode(emb, (coords, labels), None, valid_hw)
         else:
-            logits = self._decode(emb, None, torch.as_tensor(map_boxes_to_input(found, mask.shape,
-                                                                                self.img_size)).to(param))
+            boxes = torch.as_tensor(map_boxes_to_input(found, mask.shape, self.img_size, frame_hw)).to(param)
+            logits = self._decode(emb, None, boxes, valid_hw)
         return logits.amax(dim=0).float().cpu()
 
 
