@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -142,30 +144,30 @@ def test_wrapper_wiring_dense_is_embedding_plus_block_and_sparse_is_aligned_audi
     assert isinstance(build_fusion("tpavi", grid=5), TPAVIFusion)
 
 
-def _peak_allocated(module: nn.Module, x: torch.Tensor, a: torch.Tensor) -> int:
-    """Peak bytes held by torch's CPU allocator during one forward, above the level at its start.
+def _profile_forward(module: nn.Module, x: torch.Tensor, a: torch.Tensor) -> tuple[int, int]:
+    """``(peak bytes, largest op input in elements)`` of one forward, from the public ``torch.profiler``.
 
-    From ``torch.profiler`` with ``profile_memory=True``: every allocation/free event carries its size;
-    the running sum in time order peaks at the largest set of simultaneously live tensors.
+    Peak: with ``profile_memory=True`` every recorded op carries ``self_cpu_memory_usage``, the bytes its own
+    allocations minus its own frees (children excluded), and a free outside any op is a ``[memory]`` event
+    of its own. Summed in the order the ops finish, that running total is the memory held above the level at
+    the start, op by op; its maximum is the peak (to op granularity). Largest input: with ``record_shapes``
+    each op lists the shapes of its tensor inputs; an ``[N,N]`` matrix, once formed, is an input of the op
+    that uses it.
     """
-    from torch._C._profiler import _EventType
     from torch.profiler import ProfilerActivity, profile
 
-    with torch.inference_mode(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    with torch.inference_mode(), profile(activities=[ProfilerActivity.CPU], profile_memory=True,
+                                         record_shapes=True) as prof:
         module(x, a)
-    events: list[tuple[int, int]] = []
-    stack = list(prof.profiler.kineto_results.experimental_event_tree())
-    while stack:
-        ev = stack.pop()
-        if ev.tag == _EventType.Allocation:
-            events.append((ev.start_time_ns, ev.extra_fields.alloc_size))
-        stack.extend(ev.children)
-    assert events, "the profiler recorded no allocations"
+    events = prof.events()
+    changes = sorted((ev.time_range.end, ev.self_cpu_memory_usage) for ev in events if ev.self_cpu_memory_usage)
+    assert changes, "the profiler recorded no allocations"
     live = peak = 0
-    for _, size in sorted(events):
+    for _, size in changes:
         live += size
         peak = max(peak, live)
-    return peak
+    largest = max(math.prod(shape) for ev in events for shape in ev.input_shapes if shape)
+    return peak, largest
 
 
 def test_reassociated_order_saves_the_quadratic_matrix():
@@ -176,16 +178,18 @@ def test_reassociated_order_saves_the_quadratic_matrix():
     t, g = 5, 32
     n = t * g * g
     x, a = torch.randn(1, 256, t, g, g), torch.rand(1, t, 128)
-    literal, linear = _peak_allocated(ref, x, a), _peak_allocated(mine, x, a)
+    (literal, literal_in), (linear, linear_in) = _profile_forward(ref, x, a), _profile_forward(mine, x, a)
     nn_matrix, c_map = n * n * 4, 256 * n * 4  # one [N,N] float32 matrix; one input-sized [C,T,H,W] map
     # the SAM setting (T=5, 64x64): only the linear order is affordable here; the literal one is analytic
     n_sam = 5 * 64 * 64
-    linear_sam = _peak_allocated(mine, torch.randn(1, 256, 5, 64, 64), torch.rand(1, 5, 128))
+    linear_sam, linear_sam_in = _profile_forward(mine, torch.randn(1, 256, 5, 64, 64), torch.rand(1, 5, 128))
     print(f"\nTPAVI peak allocated during one forward, T={t}, {g}x{g}: literal {literal / 2**20:.1f} MiB, "
           f"reassociated {linear / 2**20:.1f} MiB ([N,N] matrix {nn_matrix / 2**20:.1f} MiB, input map "
           f"{c_map / 2**20:.1f} MiB). SAM T=5 64x64: reassociated {linear_sam / 2**20:.1f} MiB measured; "
           f"literal [N,N] matrix {n_sam**2 * 4 / 2**30:.2f} GiB (x2 with f/N), input map "
           f"{256 * n_sam * 4 / 2**20:.1f} MiB")
-    assert literal >= 2 * nn_matrix  # f and f / N are both live in the literal order
-    assert linear < nn_matrix / 4  # the reassociated order never forms an [N,N] matrix
+    assert literal_in >= n * n  # the measurement sees the literal [N,N] matrix ...
+    assert literal >= 2 * nn_matrix  # ... and f and f / N both live in the literal order
+    assert linear_in <= 256 * n and linear_sam_in <= 256 * n_sam  # no op of the reassociated order takes more
+    assert linear < nn_matrix / 4  # than an input-sized map: it never forms an [N,N] matrix
     assert linear < 4 * c_map and linear_sam < 4 * 256 * n_sam * 4  # a few input-sized maps
