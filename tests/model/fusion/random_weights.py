@@ -1,7 +1,13 @@
-"""Shared by the fusion-module tests: fill a module with random weights before comparing it with a reference."""
+"""Shared by the fusion-module tests: seeded generators for their inputs, and random weights for a module before
+comparing it with a reference."""
 
 import torch
 from torch import nn
+
+
+def gen(seed: int) -> torch.Generator:
+    """A CPU generator seeded with ``seed``: each input of a test drawn from its own, independent of the others."""
+    return torch.Generator().manual_seed(seed)
 
 
 def randomise(m: nn.Module, seed: int) -> None:

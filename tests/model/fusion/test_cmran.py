@@ -7,7 +7,7 @@ import math
 
 import torch
 import torch.nn.functional as F
-from random_weights import randomise
+from random_weights import gen, randomise
 from torch import nn
 
 from stbava.model.fusion.cmran import AudioGuidedAttention, CMRANFusion, RelationLayer
@@ -31,6 +31,12 @@ class LiteralAGA(nn.Module):
 
     def forward(self, video: torch.Tensor, audio: torch.Tensor) -> torch.Tensor:
         """video ``[batch, T, h, w, C]``; audio ``[T, batch, 128]`` (the main model passes it transposed)."""
+        return self.maps(video, audio)[2]
+
+    def maps(self, video: torch.Tensor,
+             audio: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The published forward, also returning its two maps: ``c_att_visual_feat`` as ``[batch, T, hw, C]``
+        and ``spatial_att_maps`` as ``[batch, T, hw]``, then the published output ``[batch, T, C]``."""
         audio = audio.transpose(1, 0)
         batch, t_size, h, w, v_dim = video.size()
         a_dim = audio.size(-1)
@@ -48,7 +54,9 @@ class LiteralAGA(nn.Module):
         audio_query_2 = self.relu(self.affine_audio_2(audio_feature)).unsqueeze(-2)
         audio_video_query_2 = c_att_visual_query * audio_query_2
         spatial_att_maps = self.softmax(self.tanh(self.affine_v_s_att(audio_video_query_2)).transpose(2, 1))
-        return torch.bmm(spatial_att_maps, c_att_visual_feat).squeeze().reshape(batch, t_size, v_dim)
+        pooled = torch.bmm(spatial_att_maps, c_att_visual_feat).squeeze().reshape(batch, t_size, v_dim)
+        return (c_att_visual_feat.reshape(batch, t_size, h * w, v_dim),
+                spatial_att_maps.reshape(batch, t_size, h * w), pooled)
 
 
 class LiteralEncoderLayer(nn.Module):
@@ -85,24 +93,22 @@ class LiteralDecoderLayer(nn.Module):
         return self.norm2(tgt + self.dropout2(tgt2))
 
 
-def _gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
-
-
 def test_audio_guided_attention_equals_published():
     lit = LiteralAGA(D).eval()
     randomise(lit, 0)
     mine = AudioGuidedAttention(D)
     mine.load_state_dict(lit.state_dict(), strict=True)
-    video, audio = torch.randn(2, 3, 4, 5, D, generator=_gen(1)), torch.rand(2, 3, 128, generator=_gen(2))
+    video, audio = torch.randn(2, 3, 4, 5, D, generator=gen(1)), torch.rand(2, 3, 128, generator=gen(2))
     with torch.no_grad():
-        want = lit(video, audio.transpose(0, 1))
+        want_v_c, want_s, want = lit.maps(video, audio.transpose(0, 1))
         v_c, s, pooled = mine(video.reshape(2, 3, 20, D), audio)
     torch.testing.assert_close(pooled, want, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(s.sum(-1), torch.ones(2, 3))
+    torch.testing.assert_close(v_c, want_v_c, rtol=1e-5, atol=1e-5)  # the channel-attended map
+    torch.testing.assert_close(s, want_s, rtol=1e-5, atol=1e-5)  # the spatial attention
+    assert (want_v_c - video.reshape(2, 3, 20, D)).abs().mean() > 0.1 * video.abs().mean()  # both maps count:
+    assert (want_s * 20).std() > 0.1  # the channel re-weighting and a non-uniform spatial attention
     # tanh bounds the scores, so the mean-1 spread factor HW * s stays within [e^-2, e^2]
-    assert (s * 20).min() >= math.exp(-2) - 1e-6 and (s * 20).max() <= math.exp(2) + 1e-6
-    torch.testing.assert_close(torch.einsum("btp,btpc->btc", s, v_c), want, rtol=1e-5, atol=1e-5)
+    assert (want_s * 20).min() >= math.exp(-2) - 1e-6 and (want_s * 20).max() <= math.exp(2) + 1e-6
 
 
 def test_encoder_and_relation_layers_equal_published():
@@ -114,7 +120,7 @@ def test_encoder_and_relation_layers_equal_published():
     missing, unexpected = dec.load_state_dict(dec_lit.state_dict(), strict=False)
     unused = {k for k in dec_lit.state_dict() if k.startswith("self_attn.")}
     assert missing == [] and set(unexpected) == unused
-    q, m = torch.randn(2, 5, D, generator=_gen(5)), torch.randn(2, 5, D, generator=_gen(6))
+    q, m = torch.randn(2, 5, D, generator=gen(5)), torch.randn(2, 5, D, generator=gen(6))
     with torch.no_grad():
         torch.testing.assert_close(enc(q), enc_lit(q.transpose(0, 1)).transpose(0, 1), rtol=1e-5, atol=1e-5)
         want = dec_lit(q.transpose(0, 1), m.transpose(0, 1)).transpose(0, 1)
@@ -153,15 +159,14 @@ def test_fusion_equals_the_adaptation_built_from_published_pieces():
     torch.manual_seed(0)
     model = CMRANFusion(embed_dim=D, grid=4, heads=HEADS, dim_feedforward=FFN).eval()
     randomise(model, 7)
-    image, audio = torch.randn(2, 3, D, 4, 4, generator=_gen(8)), torch.rand(2, 3, 128, generator=_gen(9))
+    image, audio = torch.randn(2, 3, D, 4, 4, generator=gen(8)), torch.rand(2, 3, 128, generator=gen(9))
     with torch.no_grad():
         out = model(image, audio)
         tokens = image.flatten(3).transpose(2, 3)
         lit = LiteralAGA(D).eval()
         lit.load_state_dict(model.spatial_channel_att.state_dict())
-        pooled = lit(tokens.reshape(2, 3, 4, 4, D), audio.transpose(0, 1))
+        v_c, s, pooled = lit.maps(tokens.reshape(2, 3, 4, 4, D), audio.transpose(0, 1))
         a_q, fused = _literal_relations(model, pooled, audio)
-        v_c, s, _ = model.spatial_channel_att(tokens, audio)  # its maps, checked against published above
         spread = 16 * s[..., None] * (fused @ model.map_proj.weight.T + model.map_proj.bias)[:, :, None]
         ln = model.map_norm
         v = F.layer_norm(v_c + spread, (D,), ln.weight, ln.bias, ln.eps)

@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from random_weights import gen
 from torch import nn
 
 from stbava.model.fusion.jca import JCAFusion, JointCrossAttention
@@ -47,10 +48,6 @@ class LiteralCAM(nn.Module):
         return torch.stack(fin_a), torch.stack(fin_v)
 
 
-def _gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
-
-
 @pytest.mark.parametrize("frames", [3, 5])
 def test_core_equals_published_loop(frames):
     torch.manual_seed(0)
@@ -58,7 +55,7 @@ def test_core_equals_published_loop(frames):
     mine = JointCrossAttention(frames, hidden=16, k=8)
     assert list(mine.state_dict()) == list(lit.state_dict())
     mine.load_state_dict(lit.state_dict(), strict=True)
-    x_a, x_v = torch.randn(3, frames, 16, generator=_gen(1)), torch.randn(3, frames, 16, generator=_gen(2))
+    x_a, x_v = torch.randn(3, frames, 16, generator=gen(1)), torch.randn(3, frames, 16, generator=gen(2))
     with torch.no_grad():
         want_a, want_v = lit(x_a, x_v)
         att_a, att_v = mine(x_a, x_v)
@@ -71,7 +68,7 @@ def test_the_joint_representation_couples_the_modalities():
     """Changing only the visual input changes the attended audio (through J), and vice versa."""
     torch.manual_seed(0)
     mine = JointCrossAttention(4, hidden=8, k=8)
-    x_a, x_v = torch.randn(1, 4, 8, generator=_gen(3)), torch.randn(1, 4, 8, generator=_gen(4))
+    x_a, x_v = torch.randn(1, 4, 8, generator=gen(3)), torch.randn(1, 4, 8, generator=gen(4))
     with torch.no_grad():
         a1, v1 = mine(x_a, x_v)
         a2, _ = mine(x_a, x_v + 1)
@@ -90,8 +87,8 @@ def test_fusion_equals_the_adaptation_by_hand():
     model = JCAFusion(embed_dim=32, grid=4, frames=3, k=8).eval()
     with torch.no_grad():
         for p in model.parameters():
-            p.add_(torch.randn(p.shape, generator=_gen(5)) * 0.1)
-    image, audio = torch.randn(2, 3, 32, 4, 4, generator=_gen(6)), torch.rand(2, 3, 128, generator=_gen(7))
+            p.add_(torch.randn(p.shape, generator=gen(5)) * 0.1)
+    image, audio = torch.randn(2, 3, 32, 4, 4, generator=gen(6)), torch.rand(2, 3, 128, generator=gen(7))
     lit = LiteralCAM(3, hidden=16, k=8)
     lit.load_state_dict(model.jca.state_dict())
     with torch.no_grad():
