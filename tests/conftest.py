@@ -21,6 +21,18 @@ LONGEST_FIRST = ("pipeline/test_learns_audio.py", "pipeline/test_distributed.py"
                  "pipeline/test_demo.py", "pipeline/test_train_loop.py")
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch intra-op thread for a whole module (restored after): for modules of many tiny forwards and
+    steps, where on the shared 2-core machine a second OpenMP thread mostly spins (10 Adam steps of a small
+    fusion module measured 16x slower with 2 threads under load). Use it with
+    ``pytestmark = pytest.mark.usefixtures("one_torch_thread")`` or from an autouse fixture of a conftest."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def _rank(item: pytest.Item) -> int:
     path = item.path.as_posix()
     return next((i for i, name in enumerate(LONGEST_FIRST) if path.endswith(name)), len(LONGEST_FIRST))

@@ -45,14 +45,9 @@ def write_spec(path: Path, spec: dict) -> Path:
     return path
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """These runs are a few tiny steps each; on 2 shared cores, 2 torch threads spend most of their CPU spinning
-    (measured: ~7x the CPU time of 1 thread for the same run), so this module runs single-threaded."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# These runs are a few tiny steps each; on 2 shared cores, 2 torch threads spend most of their CPU spinning
+# (measured: ~7x the CPU time of 1 thread for the same run), so this module runs single-threaded.
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
