@@ -170,3 +170,132 @@ def test_mask_prompts_of_a_non_square_frame_land_where_resize_longest_side_puts_
     boxes_in_frame = boxes * [w / 224, h / 224, w / 224, h / 224]
     np.testing.assert_allclose(map_boxes_to_input(boxes, (224, 224), 1024, frame_hw),
                                rls.apply_boxes(boxes_in_frame, frame_hw), rtol=1e-12)
+
+
+# --- the zero-shot command on a non-square AVSBench tree --------------------------------------------------------
+
+FRAME_HW = (180, 320)  # (H, W): a 320x180 frame; the mask is it squashed to 224x224
+TREE_POINTS = [(69.5, 49.5), (164.5, 159.5), (11.5, 201.5)]  # centres of mass (x, y) in mask px, largest first
+TREE_BOXES = [(30, 20, 109, 79), (150, 150, 179, 169), (10, 200, 13, 203)]  # inclusive XYXY in mask px
+
+
+def _three_regions() -> np.ndarray:
+    """``[224,224]`` uint8 0/255: 60x80, 20x30 and 4x4 px rectangles (the prompts above, by hand)."""
+    m = np.zeros((224, 224), np.uint8)
+    m[20:80, 30:110] = 255
+    m[150:170, 150:180] = 255
+    m[200:204, 10:14] = 255
+    return m
+
+
+@pytest.fixture(scope="module")
+def non_square_tree(tmp_path_factory):
+    """An MS3 tree of one 2-frame test clip with 320x180 frames (the synthetic frames resized), frame 1's mask
+    the three hand-made regions and frame 2's empty, and its tiny-encoder cache."""
+    from PIL import Image
+
+    from stbava.data.clips import load_clips
+    from stbava.data.synthetic import write_synthetic
+    from stbava.pipeline.extract import run_extraction
+
+    tmp = tmp_path_factory.mktemp("non_square")
+    root = write_synthetic(tmp / "d", "ms3", {"train": 0, "val": 0, "test": 1}, seed=2, frames=2)
+    (clip,) = load_clips(root, "ms3", ["test"], frames=2)
+    for p in clip.frame_paths:
+        Image.open(p).convert("RGB").resize(FRAME_HW[::-1], Image.BILINEAR).save(p)
+    Image.fromarray(_three_regions(), "L").save(clip.mask_paths[0])
+    Image.fromarray(np.zeros((224, 224), np.uint8), "L").save(clip.mask_paths[1])
+    run_extraction(root, "ms3", tmp / "c.zarr", "zarr", None, splits=["test"], batch_size=1, device="cpu",
+                   progress=False, frames=2)
+    return root, tmp / "c.zarr"
+
+
+def _prompts_seen(monkeypatch, tree, prompt: str) -> list[dict]:
+    """Run the zero-shot command's library side on the tree; return what SAM's prompt encoder was given."""
+    from stbava import thirdparty
+    from stbava.zero_shot.run import run_zero_shot
+
+    encoder = thirdparty.sam_modeling().PromptEncoder
+    seen, real = [], encoder.forward
+
+    def spy(self, points, boxes, masks):
+        seen.append({"points": None if points is None else points[0].detach().cpu().numpy(),
+                     "boxes": None if boxes is None else boxes.detach().cpu().numpy()})
+        return real(self, points, boxes, masks)
+
+    monkeypatch.setattr(encoder, "forward", spy)
+    run_zero_shot(tree[1], tree[0], "ms3", "test", prompt, device="cpu")
+    return seen
+
+
+def _by_hand_in_frame(xy: np.ndarray) -> np.ndarray:
+    """Mask px -> frame px by hand: the mask is the whole frame squashed, so x * W/224 and y * H/224."""
+    h, w = FRAME_HW
+    return xy * np.tile([w / 224, h / 224], xy.shape[-1] // 2)
+
+
+def test_zero_shot_points_on_a_320x180_tree_land_where_resize_longest_side_puts_them(
+        non_square_tree, monkeypatch, resize_longest_side):
+    """The 3 points reach SAM's prompt encoder at ``ResizeLongestSide(256).apply_coords(points_in_frame,
+    (180, 320))`` (tiny encoder: 320x180 -> 256x144, padded below), the frame size read from the clip's files.
+    Fails on the code before commit 999df73, which mapped through the mask's 224x224 shape (y scaled by 256/224
+    instead of 144/224: 56.6 vs 31.8 for the first point) and never looked at the frame files."""
+    from stbava.encoders.image import image_size
+
+    seen = _prompts_seen(monkeypatch, non_square_tree, "point3")
+    want = resize_longest_side(image_size("tiny")).apply_coords(_by_hand_in_frame(np.array(TREE_POINTS)),
+                                                                FRAME_HW)
+    assert len(seen) == 1 and seen[0]["boxes"] is None  # frame 2's empty mask: no prompt at all
+    np.testing.assert_allclose(seen[0]["points"][0], want, rtol=1e-6)
+    assert want[:, 1].max() < 144 < np.array(TREE_POINTS)[:, 1].max() * 256 / 224  # the test tells them apart
+
+
+def test_zero_shot_boxes_on_a_320x180_tree_land_where_resize_longest_side_puts_them(
+        non_square_tree, monkeypatch, resize_longest_side):
+    """The 3 boxes (one prompt set each) reach SAM at ``ResizeLongestSide(256).apply_boxes(boxes_in_frame,
+    (180, 320))``. Fails on the code before commit 999df73 (the mask's square shape: y0 22.9 vs 12.9)."""
+    from stbava.encoders.image import image_size
+
+    seen = _prompts_seen(monkeypatch, non_square_tree, "box3")
+    want = resize_longest_side(image_size("tiny")).apply_boxes(_by_hand_in_frame(np.array(TREE_BOXES, float)),
+                                                               FRAME_HW)
+    assert len(seen) == 1 and seen[0]["points"] is None
+    np.testing.assert_allclose(seen[0]["boxes"], want, rtol=1e-6)
+
+
+def test_zero_shot_cli_prints_all_frames_and_non_empty_gt_scores(non_square_tree, tmp_path):
+    """The command's output and report give the scores over all frames and over the 1 of 2 frames (1 clip)
+    whose ground truth is not empty; eval's keys keep their meaning."""
+    import json
+
+    from click.testing import CliRunner
+
+    from stbava.cli import main
+
+    root, cache = non_square_tree
+    out = tmp_path / "zs.json"
+    res = CliRunner().invoke(main, ["zero-shot", "--cache", str(cache), "--data-root", str(root), "--subset", "ms3",
+                                    "--split", "test", "--prompt", "box1", "--out", str(out), "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    rep = json.loads(out.read_text())
+    assert (rep["frames_scored"], rep["frames_nonempty_gt"], rep["clips_nonempty_gt"], rep["clips"]) == (2, 1, 1, 1)
+    assert f"{rep['miou']:.4f}" in res.output
+    line = "frames with a non-empty ground truth: 1 of 2 (1 clips), "
+    assert line + f"mIoU {rep['miou_nonempty_gt']:.4f}, F-score {rep['fscore_nonempty_gt']:.4f}" in res.output
+    iou_empty_frame = 1.0  # the empty GT is predicted empty; the clip's mIoU averages it with the other frame
+    assert rep["miou"] == pytest.approx((iou_empty_frame + rep["miou_nonempty_gt"]) / 2, abs=1e-6)
+
+
+@pytest.mark.parametrize("hw", [(224, 224), (180, 320), (320, 180), (333, 250)])
+def test_one_resize_rule_for_frames_and_prompts(resize_longest_side, hw):
+    """Frames (``frames_to_sam_input``), prompts and the logits' crop share ``data.transforms.sam_resize_shape``,
+    which is SAM's ``get_preprocess_shape``; zero-shot has no copy of its own."""
+    from stbava.data import transforms
+    from stbava.zero_shot import prompts, sam
+
+    assert prompts.sam_resize_shape is sam.sam_resize_shape is transforms.sam_resize_shape
+    assert not hasattr(prompts, "_resized_shape")
+    want = resize_longest_side.get_preprocess_shape(*hw, 256)
+    assert transforms.sam_resize_shape(*hw, 256) == want
+    frame = np.zeros((*hw, 3), np.uint8)
+    assert tuple(transforms.frames_to_sam_input([frame], 256).shape[2:]) == want

@@ -97,7 +97,6 @@ def test_frame_seeds_depend_on_seed_clip_and_frame_only():
     assert len(seeds) == 8 and frame_seed(0, "a", 1) == frame_seed(0, "a", 1)
 
 
-
 def test_a_non_square_frame_is_prompted_and_cropped_like_sam(setup):
     """A 320x180 frame (tiny encoder: resized to 256x144, padded below): the mask's points go to the frame
     (x * 320/224, y * 180/224) and then scale by 256/320 (ResizeLongestSide), and the logits drop the padding
@@ -119,47 +118,70 @@ def test_a_non_square_frame_is_prompted_and_cropped_like_sam(setup):
     assert not torch.allclose(got, model.frame_logits(emb, _mask(), "point3", seed=0), atol=1e-3)
 
 
+def _approx(value: float) -> object:
+    return pytest.approx(value, abs=1e-6)
+
+
+def _frames(*objects: bool) -> torch.Tensor:
+    """GT ``[V,224,224]``: a 10x10 object at rows/cols 100-109 in the frames marked True, else empty."""
+    masks = torch.zeros(len(objects), 224, 224)
+    for k, has in enumerate(objects):
+        if has:
+            masks[k, 100:110, 100:110] = 1
+    return masks
+
+
 def test_the_report_also_scores_only_frames_with_a_non_empty_ground_truth():
-    """Two frames of one clip: an empty GT predicted empty (IoU 1 by AVSBench's rule) and a 10x10 object of
-    which the left half is predicted (IoU 0.5 by hand). All frames: 0.75; non-empty frames only: 0.5."""
-    from stbava.metrics import MetricAccumulator
-    from stbava.zero_shot.run import NonEmptyGT
+    """Clip a: an empty GT predicted empty (IoU 1 by AVSBench's rule) and a 10x10 object of which the left half
+    is predicted (IoU 50/100 = 0.5; F = 1.3 * 1 * 0.5 / (0.3 * 1 + 0.5) = 0.8125 at every threshold below the
+    prediction's sigmoid(10)). Clip b: one empty GT predicted empty (IoU 1; F 0, AVSBench's all-empty clip).
 
-    masks = torch.zeros(2, 224, 224)
-    masks[1, 100:110, 100:110] = 1
-    logits = torch.full((2, 224, 224), EMPTY_LOGIT)
-    logits[1, 100:110, 100:105] = 10.0
-    everything, nonempty = MetricAccumulator(), NonEmptyGT()
-    everything.update(logits, masks, keys=["clip"])
-    nonempty.update(logits, masks, "clip")
-    report = nonempty.report()
-    assert everything.miou == pytest.approx(0.75, abs=1e-6)
-    assert report["miou_nonempty_gt"] == pytest.approx(0.5, abs=1e-6)
-    assert report["frames_nonempty_gt"] == 1 and report["frames_scored"] == 2
-    assert NonEmptyGT().report()["miou_nonempty_gt"] is None
+    All frames, per clip: mIoU (0.75 + 1) / 2 = 0.875, F (0.8125 + 0) / 2 = 0.40625; pooled: mIoU 2.5 / 3,
+    F 0.8125. Non-empty GT only (1 frame of clip a): 0.5 and 0.8125 both ways, 1 clip."""
+    from stbava.zero_shot.run import ZeroShotScores
+
+    a_logits = torch.full((2, 224, 224), EMPTY_LOGIT)
+    a_logits[1, 100:110, 100:105] = 10.0
+    scores = ZeroShotScores()
+    scores.update(a_logits, _frames(False, True), "a")
+    scores.update(torch.full((1, 224, 224), EMPTY_LOGIT), _frames(False), "b")
+    result, ne = scores.result(), scores.nonempty_report()
+    assert (result.miou, result.fscore) == (_approx(0.875), _approx(0.40625))
+    assert (result.pooled_miou, result.pooled_fscore) == (_approx(2.5 / 3), _approx(0.8125))
+    assert result.per_clip == {"a": {"iou": _approx(0.75), "fscore": _approx(0.8125)},
+                               "b": {"iou": _approx(1.0), "fscore": 0.0}}
+    assert (ne["miou_nonempty_gt"], ne["fscore_nonempty_gt"]) == (_approx(0.5), _approx(0.8125))
+    assert (ne["pooled_miou_nonempty_gt"], ne["pooled_fscore_nonempty_gt"]) == (_approx(0.5), _approx(0.8125))
+    assert (ne["clips_nonempty_gt"], ne["frames_nonempty_gt"], ne["frames_scored"]) == (1, 1, 3)
 
 
-def test_zero_shot_on_a_320x180_tree_prompts_through_the_frames_real_size(tmp_path, monkeypatch):
-    """The command takes each clip's frame size from its files, so the mapping above is the one used."""
+def test_no_frame_with_a_non_empty_ground_truth_reports_none():
+    """Nothing to score is None (valid JSON), not NaN; the all-frames metrics are unchanged by it."""
+    from stbava.zero_shot.run import ZeroShotScores
+
+    scores = ZeroShotScores()
+    scores.update(torch.full((2, 224, 224), EMPTY_LOGIT), _frames(False, False), "silent")
+    ne = scores.nonempty_report()
+    assert all(ne[k] is None for k in ("miou_nonempty_gt", "fscore_nonempty_gt", "pooled_miou_nonempty_gt",
+                                       "pooled_fscore_nonempty_gt"))
+    assert (ne["clips_nonempty_gt"], ne["frames_nonempty_gt"], ne["frames_scored"]) == (0, 0, 2)
+    assert scores.result().miou == _approx(1.0)
+
+
+def test_frame_size_comes_from_the_first_frame_file_with_a_clear_error(tmp_path):
+    """``(H, W)`` from the file's header; a missing frame names the file and why zero-shot needs it."""
     from PIL import Image
 
-    from stbava.data.synthetic import write_synthetic
-    from stbava.pipeline.extract import run_extraction
-    from stbava.zero_shot import sam as sam_mod
-    from stbava.zero_shot.run import run_zero_shot
+    from stbava.data.clips import Clip, DataError
+    from stbava.zero_shot.run import frame_size
 
-    root = write_synthetic(tmp_path / "d", "ms3", {"train": 1, "val": 1, "test": 1}, seed=2, frames=2)
-    for p in root.rglob("visual_frames/**/*.png"):
-        Image.open(p).resize((320, 180)).save(p)
-    run_extraction(root, "ms3", tmp_path / "c.zarr", "zarr", None, splits=["test"], batch_size=1, device="cpu",
-                   progress=False, frames=2)
-    seen, real = [], sam_mod.ZeroShotSAM.frame_logits
-
-    def spy(self, embedding, mask, prompt, seed, frame_hw=None):
-        seen.append(frame_hw)
-        return real(self, embedding, mask, prompt, seed, frame_hw)
-
-    monkeypatch.setattr(sam_mod.ZeroShotSAM, "frame_logits", spy)
-    _, report = run_zero_shot(tmp_path / "c.zarr", root, "ms3", "test", "box1", device="cpu")
-    assert seen and set(seen) == {(180, 320)}
-    assert report["frames_scored"] == 2 and 0 <= report["frames_nonempty_gt"] <= 2
+    frame = tmp_path / "v_1.png"
+    Image.fromarray(np.zeros((180, 320, 3), np.uint8)).save(frame)
+    clip = Clip("v", "ms3", "test", None, (frame, tmp_path / "v_2.png"), tmp_path / "v.wav", (), ())
+    assert frame_size(clip) == (180, 320)
+    frame.unlink()
+    with pytest.raises(DataError, match=r"v_1\.png: missing video frame; zero-shot reads the frame size"):
+        frame_size(clip)
+    frame.write_bytes(b"not a png")
+    with pytest.raises(DataError, match="unreadable video frame"):
+        frame_size(clip)

@@ -33,9 +33,15 @@ def zero_shot_cmd(cache, data_root, subset, split, prompt, sam_checkpoint, out, 
                                        out=out, seed=seed, device=device)
     click.echo(f"{'subset':<8}{'split':<7}{'prompt':<8}{'clips':>6}{'mIoU':>9}{'F-score':>9}")
     click.echo(f"{subset:<8}{split:<7}{prompt:<8}{result.n_clips:>6}{result.miou:>9.4f}{result.fscore:>9.4f}")
-    ne, nf = report["miou_nonempty_gt"], report["fscore_nonempty_gt"]
-    click.echo(f"frames with a non-empty ground truth: {report['frames_nonempty_gt']} of {report['frames_scored']}"
-               + ("" if ne is None else f", mIoU {ne:.4f}, F-score {nf:.4f}"))
+    click.echo(_nonempty_line(report))
     click.echo(f"SAM weights: {report['sam_weights']}")
     if out:
         click.echo(f"report: {out}")
+
+
+def _nonempty_line(report: dict) -> str:
+    """The scores over frames with a non-empty GT (an empty GT is predicted empty: IoU 1 for free)."""
+    ne, nf = report["miou_nonempty_gt"], report["fscore_nonempty_gt"]
+    head = (f"frames with a non-empty ground truth: {report['frames_nonempty_gt']} of {report['frames_scored']} "
+            f"({report['clips_nonempty_gt']} clips)")
+    return head + ("" if ne is None else f", mIoU {ne:.4f}, F-score {nf:.4f}")

@@ -18,7 +18,12 @@ from stbava.thirdparty import vggish_mel
 
 
 def sam_resize_shape(h: int, w: int, img_size: int) -> tuple[int, int]:
-    """Output (h', w') of SAM's ``ResizeLongestSide.get_preprocess_shape``: longest side -> ``img_size``."""
+    """Output (h', w') of SAM's ``ResizeLongestSide.get_preprocess_shape``: longest side -> ``img_size``.
+
+    The one copy of this rule: :func:`frames_to_sam_input` resizes frames with it, and the zero-shot prompts
+    (``stbava.zero_shot.prompts``) and their logits' crop use it too, so prompts land where the frame's pixels
+    are in the encoder input (h' x w', padded bottom/right to img_size x img_size).
+    """
     scale = img_size * 1.0 / max(h, w)
     return int(h * scale + 0.5), int(w * scale + 0.5)
 

@@ -6,14 +6,18 @@ weights and the seed.
 
 A frame whose ground truth is empty gets no prompt and an empty prediction, which scores IoU 1 for free and
 lifts the numbers of a subset with many silent frames (MS3) above what a trained model can show. The report
-therefore also gives mIoU / F over the frames with a non-empty ground truth only (``*_nonempty_gt``, same
-per-clip averaging) and how many frames that is.
+therefore also gives mIoU / F over the frames with a non-empty ground truth only (``*_nonempty_gt``: the same
+per-clip and pooled accumulators, :class:`ZeroShotScores`) and how many clips and frames that is.
+
+The prompts are mapped through each frame's real resize + pad (:mod:`stbava.zero_shot.prompts`), so the frame
+size is read from the clip's first frame file (:func:`frame_size`); the cache does not record it.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +37,9 @@ log = logging.getLogger(__name__)
 
 def _clip_logits(model: ZeroShotSAM, embeddings: torch.Tensor, masks: torch.Tensor, valid: torch.Tensor,
                  clip: Clip, prompt: str, seed: int) -> torch.Tensor:
-    """``[V,224,224]`` logits of the clip's V annotated frames (embeddings ``[T,256,g,g]``)."""
+    """``[V,224,224]`` logits of the clip's V annotated frames (embeddings ``[T,256,g,g]``, masks ``[T,224,224]``).
+
+    The prompts go through the frame's real resize + pad, so the frame size comes from the clip's files."""
     frames = [int(k) for k in torch.nonzero(valid).flatten()]
     hw = frame_size(clip)
     return torch.stack([model.frame_logits(embeddings[k], masks[k].numpy() > 0.5, prompt,
@@ -41,30 +47,77 @@ def _clip_logits(model: ZeroShotSAM, embeddings: torch.Tensor, masks: torch.Tens
 
 
 def frame_size(clip: Clip) -> tuple[int, int]:
-    """``(H, W)`` of the clip's frames as stored (all frames of a clip share it; the cache was made from them)."""
-    with Image.open(clip.frame_paths[0]) as im:
-        return im.height, im.width
+    """``(H, W)`` of the clip's frames as stored, read from the first frame's header (cheap: no decode).
+
+    Why from the files: the cache does not record the frames' size, and the masks do not tell it (AVSBench
+    masks are always 224x224, the whole frame squashed). All frames of a clip share one size (extraction
+    refuses mixed sizes, ``read_clip_frames``), so the first one speaks for the clip.
+
+    Raises:
+        DataError: the clip has no frame path, or its first frame is missing or unreadable.
+    """
+    if not clip.frame_paths:
+        raise DataError(f"clip {clip.id} has no frame paths; zero-shot needs a frame to learn the frame size")
+    path = clip.frame_paths[0]
+    why = "zero-shot reads the frame size from it to place the prompts; pass the --data-root the cache was made from"
+    if not path.is_file():
+        raise DataError(f"{path}: missing video frame; {why}")
+    try:
+        with Image.open(path) as im:
+            return im.height, im.width
+    except (OSError, ValueError, SyntaxError) as e:
+        raise DataError(f"{path}: unreadable video frame ({e}); {why}") from None
 
 
-class NonEmptyGT:
-    """The zero-shot metrics over the frames with a non-empty ground truth only (one clip per batch)."""
+def _add(scores: tuple[MetricAccumulator, PooledMetrics], logits: torch.Tensor, masks: torch.Tensor,
+         clip_id: str) -> None:
+    """One clip's ``[V,224,224]`` frames into a (per-clip, pooled) pair, exactly as ``evaluate_net`` adds them."""
+    per_clip, pooled = scores
+    per_clip.update(logits, masks, keys=[clip_id])
+    pooled.update(logits, masks)
+
+
+def _or_none(value: float) -> float | None:
+    """NaN (an accumulator that saw nothing) as None, so the JSON report stays valid JSON."""
+    return None if math.isnan(value) else value
+
+
+class ZeroShotScores:
+    """``eval``'s metrics (one clip per metric batch, plus pooled) over all annotated frames and over the
+    frames with a non-empty ground truth only.
+
+    Why the second set: an empty-GT frame gets no prompt and an empty prediction, which scores IoU 1 for free
+    (AVSBench's rule), so on a subset with many silent frames (MS3) the all-frames mIoU flatters the prompts
+    compared with a trained model. The non-empty set uses the same accumulators on the kept frames; a clip
+    whose frames are all empty drops out of it (it scores F 0 and IoU ~1 in the all-frames set).
+    """
 
     def __init__(self) -> None:
-        self.per_clip, self.frames, self.total = MetricAccumulator(), 0, 0
+        self.all = (MetricAccumulator(), PooledMetrics())
+        self.nonempty = (MetricAccumulator(), PooledMetrics())
+        self.frames = self.frames_nonempty = 0
 
     def update(self, logits: torch.Tensor, masks: torch.Tensor, clip_id: str) -> None:
-        """``logits``, ``masks``: ``[V,224,224]`` of the clip's annotated frames."""
-        keep = masks.flatten(1).sum(1) > 0
-        self.total += len(masks)
-        self.frames += int(keep.sum())
+        """Add one clip: ``logits``, ``masks`` ``[V,224,224]`` of its V annotated frames (V >= 1)."""
+        _add(self.all, logits, masks, clip_id)
+        keep = masks.flatten(1).amax(dim=1) > 0
+        self.frames += len(masks)
+        self.frames_nonempty += int(keep.sum())
         if keep.any():
-            self.per_clip.update(logits[keep], masks[keep], keys=[clip_id])
+            _add(self.nonempty, logits[keep], masks[keep], clip_id)
 
-    def report(self) -> dict[str, Any]:
-        scored = self.per_clip.batches > 0
-        return {"miou_nonempty_gt": self.per_clip.miou if scored else None,
-                "fscore_nonempty_gt": self.per_clip.fscore if scored else None,
-                "frames_nonempty_gt": self.frames, "frames_scored": self.total}
+    def result(self) -> EvalResult:
+        """All annotated frames: exactly what ``stbava eval`` reports (``miou``, ``fscore``, ``pooled_*``)."""
+        return eval_result(*self.all)
+
+    def nonempty_report(self) -> dict[str, Any]:
+        """The report's extra keys: the metrics over non-empty-GT frames (None when there is none) and counts."""
+        ne = eval_result(*self.nonempty)
+        return {"miou_nonempty_gt": _or_none(ne.miou), "fscore_nonempty_gt": _or_none(ne.fscore),
+                "pooled_miou_nonempty_gt": _or_none(ne.pooled_miou),
+                "pooled_fscore_nonempty_gt": _or_none(ne.pooled_fscore),
+                "clips_nonempty_gt": ne.n_clips, "frames_nonempty_gt": self.frames_nonempty,
+                "frames_scored": self.frames}
 
 
 def cache_sam_file(reader: Any, sam_checkpoint: str | Path | None) -> str | None:
@@ -112,23 +165,19 @@ def run_zero_shot(cache: str | Path, data_root: str | Path, subset: str, split: 
     dev = resolve_device(device, 0)
     model, weights = build_zero_shot_sam(sam_checkpoint, **model_geometry(encoder), seed=seed)
     model.to(dev)
-    per_clip, pooled, nonempty = MetricAccumulator(), PooledMetrics(), NonEmptyGT()
+    scores = ZeroShotScores()
     for clip in clips:
         masks_np, valid_np = load_masks(clip, reader.frames)
         masks, valid = torch.from_numpy(masks_np), torch.from_numpy(valid_np)
         if not valid.any():
             continue
         emb = torch.from_numpy(reader.image_embeddings(clip.id)).to(dev)
-        logits = _clip_logits(model, emb, masks, valid, clip, prompt, seed)
-        per_clip.update(logits, masks[valid], keys=[clip.id])
-        pooled.update(logits, masks[valid])
-        nonempty.update(logits, masks[valid], clip.id)
-    result = eval_result(per_clip, pooled)
+        scores.update(_clip_logits(model, emb, masks, valid, clip, prompt, seed), masks[valid], clip.id)
+    result, ne = scores.result(), scores.nonempty_report()
     report = report_dict(result, subset=subset, split=split, prompt=prompt, sam_weights=weights, seed=seed,
-                         cache=str(cache), cache_fingerprint=reader.fingerprint, **nonempty.report())
+                         cache=str(cache), cache_fingerprint=reader.fingerprint, **ne)
     if out:
         atomic_write_text(out, json.dumps(report, indent=2) + "\n")
-    ne = nonempty.report()
     log.info("zero-shot %s on %s/%s: mIoU %.4f, F %.4f (%d clips); on the %d of %d frames with a non-empty "
              "ground truth: mIoU %s, F %s", prompt, subset, split, result.miou, result.fscore, result.n_clips,
              ne["frames_nonempty_gt"], ne["frames_scored"], _fmt(ne["miou_nonempty_gt"]),
