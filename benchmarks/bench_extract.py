@@ -36,7 +36,7 @@ from stbava.data.synthetic import write_synthetic
 from stbava.data.transforms import frames_to_sam_input
 from stbava.encoders.fast_attention import disable_sdpa, enable_sdpa
 from stbava.encoders.image import encoder_kwargs
-from stbava.pipeline.extract import run_extraction
+from stbava.pipeline.extract.features import run_extraction
 from stbava.testing import build_sam, write_fake_sam_checkpoint
 
 

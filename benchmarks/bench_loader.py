@@ -31,8 +31,8 @@ from benchmarks.common import TrainStep, device_line, peak_flops, resolve, step_
 from stbava.cache import create_cache
 from stbava.data.clips import load_clips
 from stbava.data.synthetic import write_synthetic
-from stbava.pipeline.resident import ResidentClips
-from stbava.pipeline.sources import Batch, CachedClips, collate
+from stbava.pipeline.core.sources import Batch, CachedClips, collate
+from stbava.pipeline.train.resident import ResidentClips
 
 EMB = (256, 64, 64)
 BACKENDS = (("zarr", "blosc-lz4"), ("hdf5", "none"))

@@ -140,7 +140,7 @@ def step_flops(encoder: str, frames: int, depth: int, batch: int = 1) -> float:
 
     from stbava.encoders.image import grid_size
     from stbava.losses import masked_bce
-    from stbava.pipeline.net import build_fusion_net
+    from stbava.pipeline.core.net import build_fusion_net
 
     g = grid_size(encoder)
     with torch.device("meta"):
@@ -159,9 +159,9 @@ class TrainStep:
     def __init__(self, encoder: str, frames: int, depth: int, batch: int, device: torch.device,
                  amp: str = "auto", seed: int = 0) -> None:
         from stbava.encoders.image import grid_size
-        from stbava.pipeline.net import build_fusion_net
-        from stbava.pipeline.stage2 import FUSION_PREFIXES
-        from stbava.pipeline.train import set_trainable, trainable_predicate
+        from stbava.pipeline.core.net import build_fusion_net
+        from stbava.pipeline.train.loop import set_trainable, trainable_predicate
+        from stbava.pipeline.train.stage2 import FUSION_PREFIXES
 
         g = grid_size(encoder)
         self.device, self.amp = device, amp

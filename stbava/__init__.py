@@ -18,7 +18,7 @@ def __getattr__(name: str) -> Any:
 
         return open_cache
     if name == "load_model":
-        from stbava.pipeline.restore import load_model
+        from stbava.pipeline.core.restore import load_model
 
         return load_model
     if name == "load_config":

@@ -4,7 +4,7 @@ A checkpoint holds only what was trained (plus the tiny positional-encoding buff
 with), the resolved config, the fingerprint of the embeddings it was trained on and the loop state needed for
 exact resume. It never holds the frozen encoders: those are rebuilt from the config (and its checkpoint paths).
 Loading uses ``weights_only=True``. This module only reads and writes the envelope; rebuilding a model from
-one is :mod:`stbava.pipeline.restore` (``stbava.load_model``).
+one is :mod:`stbava.pipeline.core.restore` (``stbava.load_model``).
 """
 
 from __future__ import annotations

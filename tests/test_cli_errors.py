@@ -30,7 +30,7 @@ def test_a_bug_keeps_its_type_and_traceback():
 def test_a_broken_import_of_the_package_is_not_swallowed(monkeypatch):
     """cli_errors suppressed ImportError of the package's own modules: with the cache module broken, a
     CacheError came out as a bare traceback with no hint why (fails on that code)."""
-    monkeypatch.delitem(sys.modules, "stbava.pipeline.user_errors", raising=False)
+    monkeypatch.delitem(sys.modules, "stbava.pipeline.core.user_errors", raising=False)
     monkeypatch.setitem(sys.modules, "stbava.cache.manifest", None)  # `import` of it now raises ImportError
     with pytest.raises(ImportError, match="stbava.cache.manifest"), cli_errors():
         raise CacheError("cache.zarr: rebuild it")

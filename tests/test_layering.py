@@ -16,6 +16,10 @@ PKG = Path(__file__).resolve().parents[1] / "stbava"
 
 LEAVES = {"version", "atomic", "digest", "config", "thirdparty", "state_dict", "provenance", "device", "metrics",
           "losses"}
+BELOW_PIPELINE = LEAVES | {"data", "encoders", "cache", "model", "checkpoint", "viz"}
+# pipeline/ is one room per job; each sub-package is its own unit
+PIPELINE = {"pipeline.core", "pipeline.extract", "pipeline.evaluate", "pipeline.train", "pipeline.predict",
+            "pipeline.experiment", "pipeline.demo"}
 # unit -> the units it may import (besides itself). Leaves import only other leaves.
 ALLOWED: dict[str, set[str]] = {
     **{leaf: LEAVES for leaf in LEAVES},
@@ -25,18 +29,25 @@ ALLOWED: dict[str, set[str]] = {
     "model": LEAVES,  # tensors only: never data, encoders or the cache
     "checkpoint": LEAVES,
     "viz": LEAVES,
-    "pipeline": LEAVES | {"data", "encoders", "cache", "model", "checkpoint", "viz"},
-    "zero_shot": LEAVES | {"data", "encoders", "cache", "model", "checkpoint", "viz", "pipeline"},
+    "pipeline": set(),  # the package docstring only
+    "pipeline.core": BELOW_PIPELINE,
+    "pipeline.extract": BELOW_PIPELINE | {"pipeline.core"},
+    "pipeline.evaluate": BELOW_PIPELINE | {"pipeline.core"},
+    "pipeline.train": BELOW_PIPELINE | {"pipeline.core", "pipeline.evaluate"},
+    "pipeline.predict": BELOW_PIPELINE | {"pipeline.core"},
+    "pipeline.experiment": BELOW_PIPELINE | {"pipeline.core", "pipeline.evaluate", "pipeline.train"},
+    "pipeline.demo": BELOW_PIPELINE | {"pipeline.core", "pipeline.extract", "pipeline.evaluate", "pipeline.train"},
+    "zero_shot": BELOW_PIPELINE | {"pipeline.core", "pipeline.evaluate", "pipeline.train"},
     "testing": LEAVES | {"encoders"},
-    "cli": LEAVES | {"data", "encoders", "cache", "model", "checkpoint", "viz", "pipeline", "zero_shot"},
+    "cli": BELOW_PIPELINE | PIPELINE | {"zero_shot"},
     "docs": {"cli"},
-    "__init__": LEAVES | {"cache", "pipeline"},  # the lazy public API
+    "__init__": LEAVES | {"cache", "pipeline.core"},  # the lazy public API
     "__main__": {"cli"},
 }
 
 
 def _modules() -> dict[str, Path]:
-    """Dotted name (``stbava.pipeline.train``; packages by their own name) -> file."""
+    """Dotted name (``stbava.pipeline.train.loop``; packages by their own name) -> file."""
     out = {}
     for f in sorted(PKG.rglob("*.py")):
         parts = ("stbava", *f.relative_to(PKG).with_suffix("").parts)
@@ -50,8 +61,11 @@ MODULES = _modules()
 
 
 def _unit(module: str) -> str:
-    """``stbava.pipeline.train`` -> ``pipeline``; ``stbava`` -> ``__init__``."""
+    """``stbava.model.bava`` -> ``model``; ``stbava.pipeline.train.loop`` -> ``pipeline.train``; ``stbava`` ->
+    ``__init__``."""
     parts = module.split(".")
+    if len(parts) > 2 and parts[1] == "pipeline":
+        return f"pipeline.{parts[2]}"
     return parts[1] if len(parts) > 1 else "__init__"
 
 
@@ -123,6 +137,15 @@ def test_import_graph_has_no_cycles():
 def test_the_checker_sees_lazy_and_root_imports():
     """The graph must contain edges that only a function-level or ``from stbava import X`` import creates."""
     graph = import_graph()
-    assert "stbava.pipeline.restore" in graph["stbava"]  # lazy, inside stbava.__getattr__
+    assert "stbava.pipeline.core.restore" in graph["stbava"]  # lazy, inside stbava.__getattr__
     assert "stbava.thirdparty" in graph["stbava.testing"]  # ``from stbava import thirdparty``
     assert "stbava.cli" in graph["stbava.docs"]
+
+
+def test_pipeline_is_one_room_per_job():
+    """Every module of pipeline/ sits in a job's sub-package (or is the demo), each with its docstring."""
+    units = {_unit(m) for m in MODULES if m.startswith("stbava.pipeline.")}
+    assert units == PIPELINE
+    for sub in PIPELINE - {"pipeline.demo"}:
+        doc = ast.get_docstring(ast.parse((PKG / sub.replace(".", "/") / "__init__.py").read_text()))
+        assert doc and "Imports" in doc, f"stbava/{sub.replace('.', '/')}/__init__.py: say what it owns and imports"

@@ -196,7 +196,7 @@ def non_square_tree(tmp_path_factory):
 
     from stbava.data.clips import load_clips
     from stbava.data.synthetic import write_synthetic
-    from stbava.pipeline.extract import run_extraction
+    from stbava.pipeline.extract.features import run_extraction
 
     tmp = tmp_path_factory.mktemp("non_square")
     root = write_synthetic(tmp / "d", "ms3", {"train": 0, "val": 0, "test": 1}, seed=2, frames=2)

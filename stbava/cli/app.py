@@ -23,7 +23,7 @@ from stbava.cli.weights import weight_options, weight_search
 def app_cmd(checkpoint, port, host, examples, work_dir, sam_checkpoint, vggish_checkpoint, vggish_pca, weights_dir,
             device):
     """Open a local web page: upload a video, watch its overlay with sound, download the masks."""
-    from stbava.pipeline.app import launch_app
+    from stbava.pipeline.predict.app import launch_app
 
     with cli_errors():
         launch_app(checkpoint, port=port, host=host, examples=examples, work_dir=work_dir, device=device,

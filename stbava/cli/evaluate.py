@@ -28,7 +28,7 @@ def eval_cmd(checkpoint, cache, data_root, subset, split, out, save_masks, overl
              batch_size, amp, sam_checkpoint, vggish_checkpoint, vggish_pca, weights_dir, device):
     """Score a checkpoint with AVSBench's exact mIoU and F-score."""
     from stbava.checkpoint import checkpoint_config, read_checkpoint
-    from stbava.pipeline.evaluate import run_eval
+    from stbava.pipeline.evaluate.loop import run_eval
 
     with cli_errors():
         if subset and checkpoint_config(read_checkpoint(checkpoint)).subset != subset:

@@ -40,7 +40,7 @@ def experiment_cmd(spec, cache, data_root, out, seeds, split, sam_checkpoint, vg
     interrupted ones resume from last.pt; failed ones are retried. A run refused by its config, cache or data
     is a row marked refused with the reason; a bug is marked failed, its traceback in the log.
     """
-    from stbava.pipeline.experiment import run_experiment
+    from stbava.pipeline.experiment.runner import run_experiment
 
     with cli_errors():
         results = run_experiment(spec, cache, data_root, out, seeds=parse_seeds(seeds), split=split,

@@ -52,7 +52,7 @@ def extract_features_cmd(data_root: Path, subset: str, cache_path: Path, backend
                          verify: bool, sdpa: bool | None) -> None:
     """Encode every clip once with the frozen SAM image encoder and VGGish into a feature cache (resumable)."""
     from stbava.config import EncoderConfig
-    from stbava.pipeline.extract import run_extraction
+    from stbava.pipeline.extract.features import run_extraction
 
     def opt(p: Path | None) -> str | None:
         return None if p is None else str(p)
@@ -64,7 +64,7 @@ def extract_features_cmd(data_root: Path, subset: str, cache_path: Path, backend
                            device=device, amp=amp, frames=frames, store_log_mel=store_log_mel,
                            progress=not no_progress, num_workers=num_workers, codec=codec, verify=verify,
                            sdpa=sdpa, frames_per_forward=frames_per_forward)
-    from stbava.pipeline.distributed import dist_info
+    from stbava.pipeline.core.distributed import dist_info
 
     if dist_info().is_main:  # under torchrun every rank returns the job's totals; one line is enough
         click.echo(f"cache {s.cache} ({s.backend}, encoders {s.fingerprint}): {s.total} clips, wrote {s.written}, "

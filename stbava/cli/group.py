@@ -11,7 +11,7 @@ import click
 
 @contextlib.contextmanager
 def cli_errors() -> Iterator[None]:
-    """Known user-facing errors (:data:`stbava.pipeline.user_errors.USER_ERRORS`) become a one-line message
+    """Known user-facing errors (:data:`stbava.pipeline.core.user_errors.USER_ERRORS`) become a one-line message
     and exit code 1, without a traceback; anything else is a bug and keeps its traceback.
 
     The error classes are imported when an exception arrives, so a command's start does not pay for torch;
@@ -20,7 +20,7 @@ def cli_errors() -> Iterator[None]:
     try:
         yield
     except Exception as e:
-        from stbava.pipeline.user_errors import USER_ERRORS
+        from stbava.pipeline.core.user_errors import USER_ERRORS
 
         if isinstance(e, USER_ERRORS):
             raise click.ClickException(str(e)) from None

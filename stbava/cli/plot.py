@@ -12,7 +12,7 @@ from stbava.cli.group import cli_errors, main
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="PNG to write, e.g. curves.png.")
 def plot_cmd(run_dirs, out):
     """Loss and validation mIoU / F per epoch, every RUN_DIR on one figure."""
-    from stbava.pipeline.plot import plot_runs
+    from stbava.pipeline.predict.plot import plot_runs
 
     with cli_errors():
         plot_runs(run_dirs, out)

@@ -37,7 +37,7 @@ from stbava.cli.weights import weight_options, weight_search
 def predict_cmd(checkpoint, input_path, audio, out, start, duration, temporal_stride, max_side, gif, sam_checkpoint,
                 vggish_checkpoint, vggish_pca, weights_dir, device, progress):
     """Segment the sounding objects of your own video and write an overlay video with its sound."""
-    from stbava.pipeline.predict_run import PredictOptions, run_predict
+    from stbava.pipeline.predict.run import PredictOptions, run_predict
 
     opts = PredictOptions(audio=audio, start=start, duration=duration, temporal_stride=temporal_stride,
                           max_side=max_side, video_name="overlay.gif" if gif else "overlay.mp4", progress=progress)

@@ -31,7 +31,7 @@ def _train_overrides(epochs, batch_size, lr, depth, seed, max_steps, num_workers
 
 
 def _echo_train_summary(summary: dict) -> None:
-    from stbava.pipeline.distributed import dist_info
+    from stbava.pipeline.core.distributed import dist_info
 
     if dist_info().is_main:  # under torchrun only rank 0 reports
         click.echo(f"done: {summary['steps']} steps, best val mIoU {summary['best_miou']:.4f}; "
@@ -81,7 +81,7 @@ def train_fusion_cmd(cache, data_root, subset, sam_checkpoint, weights_dir, conf
     runs an encoder)."""
     from stbava.cli.weights import weight_search
     from stbava.config import load_config
-    from stbava.pipeline.stage2 import train_fusion
+    from stbava.pipeline.train.stage2 import train_fusion
 
     with cli_errors():
         o = _train_overrides(epochs, batch_size, lr, depth, seed, max_steps, num_workers, spatial_mode, temporal,
@@ -109,7 +109,7 @@ def import_official_cmd(file, out, config_path, subset, encoder, sam_checkpoint,
     official files (sam_vit_h_4b8939.pth, vggish-10086976.pth) found in --weights-dir / $STBAVA_WEIGHTS.
     """
     from stbava.config import load_config
-    from stbava.pipeline.official_import import import_official
+    from stbava.pipeline.train.official_import import import_official
 
     with cli_errors():
         o: dict = {"encoder": {"name": encoder}}
@@ -135,7 +135,7 @@ def finetune_adapters_cmd(data_root, subset, init, sam_checkpoint, vggish_checkp
     """Stage three: fine-tune audio adapters in the image encoder (+ mask decoder) from raw frames."""
     import yaml
 
-    from stbava.pipeline.stage3 import finetune_adapters
+    from stbava.pipeline.train.stage3 import finetune_adapters
 
     with cli_errors():
         o = _train_overrides(epochs, batch_size, lr, depth, seed, max_steps, num_workers, spatial_mode, temporal,

@@ -58,9 +58,9 @@ def run_demo(out: str | Path, *, config: str | Path | None = None, clips: tuple[
              seed: int = 0, device: str = "auto", progress: bool = True) -> dict[str, Any]:
     """Run every stage into ``out``; returns the results (also written to out/results.{json,md})."""
     from stbava.data.synthetic import write_synthetic
-    from stbava.pipeline.evaluate import run_eval
-    from stbava.pipeline.extract import run_extraction
-    from stbava.pipeline.stage2 import train_fusion
+    from stbava.pipeline.evaluate.loop import run_eval
+    from stbava.pipeline.extract.features import run_extraction
+    from stbava.pipeline.train.stage2 import train_fusion
 
     out = Path(out)
     cfg = demo_config(config)

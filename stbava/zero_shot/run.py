@@ -1,7 +1,7 @@
 """``stbava zero-shot``: score vanilla SAM prompted from ground-truth masks with exactly ``eval``'s metrics.
 
 One clip per metric batch (:class:`stbava.metrics.MetricAccumulator`), only annotated frames, and the report
-of ``stbava eval`` (:func:`stbava.pipeline.evaluate.report_dict`: the same keys) plus the prompt, the SAM
+of ``stbava eval`` (:func:`stbava.pipeline.evaluate.loop.report_dict`: the same keys) plus the prompt, the SAM
 weights and the seed.
 
 A frame whose ground truth is empty gets no prompt and an empty prediction, which scores IoU 1 for free and
@@ -28,8 +28,8 @@ from stbava.atomic import atomic_write_text
 from stbava.data.clips import Clip, DataError, load_clips
 from stbava.device import resolve_device
 from stbava.metrics import MetricAccumulator, PooledMetrics
-from stbava.pipeline.evaluate import EvalResult, eval_result, report_dict
-from stbava.pipeline.sources import load_masks
+from stbava.pipeline.core.sources import load_masks
+from stbava.pipeline.evaluate.loop import EvalResult, eval_result, report_dict
 from stbava.zero_shot.sam import PROMPTS, ZeroShotSAM, build_zero_shot_sam, frame_seed
 
 log = logging.getLogger(__name__)
@@ -131,7 +131,7 @@ def cache_sam_file(reader: Any, sam_checkpoint: str | Path | None) -> str | None
             given for a random-encoder cache.
     """
     from stbava.encoders.weights import WeightSearch, locate_weights
-    from stbava.pipeline.stage2 import cache_encoders
+    from stbava.pipeline.train.stage2 import cache_encoders
 
     search = WeightSearch(given={"sam_checkpoint": str(sam_checkpoint) if sam_checkpoint else None})
     enc = locate_weights(cache_encoders(reader), reader.fingerprint, search, subject=f"cache {reader.path}",

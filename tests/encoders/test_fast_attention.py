@@ -84,7 +84,7 @@ def test_extraction_with_sdpa_matches_without(tmp_path):
     from stbava.cache import open_cache
     from stbava.config import EncoderConfig
     from stbava.data.synthetic import write_synthetic
-    from stbava.pipeline.extract import run_extraction
+    from stbava.pipeline.extract.features import run_extraction
 
     root = write_synthetic(tmp_path / "syn", "ms3", {"test": 1}, seed=1, frames=2)
     out = {}

@@ -9,7 +9,7 @@ import torch
 from stbava.checkpoint import save_checkpoint
 from stbava.config import load_config
 from stbava.encoders.fingerprint import encoder_fingerprint
-from stbava.pipeline.net import build_fusion_net
+from stbava.pipeline.core.net import build_fusion_net
 
 
 def tiny_checkpoint(path: Path, empty_masks: bool = False) -> Path:

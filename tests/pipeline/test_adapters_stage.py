@@ -13,10 +13,10 @@ from stbava.encoders.audio import build_vggish, embed_audio
 from stbava.encoders.fast_attention import enable_sdpa
 from stbava.encoders.fingerprint import encoder_fingerprint
 from stbava.encoders.image import build_image_encoder
-from stbava.pipeline.net import build_adapter_net, build_fusion_net
-from stbava.pipeline.restore import restore_net
-from stbava.pipeline.stage3 import adapter_prefixes, check_encoder_matches, stage_three_config
-from stbava.pipeline.train import saved_weights, set_trainable, trainable_predicate
+from stbava.pipeline.core.net import build_adapter_net, build_fusion_net
+from stbava.pipeline.core.restore import restore_net
+from stbava.pipeline.train.loop import saved_weights, set_trainable, trainable_predicate
+from stbava.pipeline.train.stage3 import adapter_prefixes, check_encoder_matches, stage_three_config
 
 T = 2
 

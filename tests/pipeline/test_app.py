@@ -36,7 +36,7 @@ def test_gradio_client_round_trip(ckpt, tmp_path, monkeypatch):
     pytest.importorskip("gradio")
     from gradio_client import Client, handle_file
 
-    from stbava.pipeline.app import API_NAME, launch_app
+    from stbava.pipeline.predict.app import API_NAME, launch_app
 
     video = write_test_video(tmp_path / "clip.mp4", 3, fps=8, size=(80, 64))
     port = _free_port()
@@ -73,7 +73,7 @@ def test_a_blocking_launch_removes_its_temporary_work_dir(ckpt, tmp_path, monkey
     gr = pytest.importorskip("gradio")
     import tempfile
 
-    from stbava.pipeline.app import launch_app
+    from stbava.pipeline.predict.app import launch_app
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     seen = []

@@ -12,8 +12,8 @@ from PIL import Image
 
 from stbava.cli import main
 from stbava.config import ConfigError, load_config
-from stbava.pipeline.logger import MetricLogger
-from stbava.pipeline.plot import plot_runs
+from stbava.pipeline.predict.plot import plot_runs
+from stbava.pipeline.train.logger import MetricLogger
 
 # two hand-made runs; run b validates every second epoch only, and has a torn last line
 RUN_A = [{"kind": "step", "epoch": 0, "step": 1, "loss": 0.9},

@@ -26,15 +26,15 @@ from stbava.checkpoint import read_checkpoint, save_checkpoint
 from stbava.config import EncoderConfig, load_config
 from stbava.data.clips import load_clips
 from stbava.data.synthetic import write_synthetic
-from stbava.pipeline import extract
-from stbava.pipeline.batches import ZeroWeightPadding, epoch_batches
-from stbava.pipeline.distributed import DistInfo
-from stbava.pipeline.evaluate import run_eval
-from stbava.pipeline.extract import run_extraction
-from stbava.pipeline.net import build_fusion_net
-from stbava.pipeline.stage2 import FUSION_PREFIXES, config_for_cache, initial_fusion_net, train_fusion
-from stbava.pipeline.stage3 import finetune_adapters
-from stbava.pipeline.train import saved_weights
+from stbava.pipeline.core.distributed import DistInfo
+from stbava.pipeline.core.net import build_fusion_net
+from stbava.pipeline.evaluate.loop import run_eval
+from stbava.pipeline.extract.features import features as extract
+from stbava.pipeline.extract.features import run_extraction
+from stbava.pipeline.train.batches import ZeroWeightPadding, epoch_batches
+from stbava.pipeline.train.loop import saved_weights
+from stbava.pipeline.train.stage2 import FUSION_PREFIXES, config_for_cache, initial_fusion_net, train_fusion
+from stbava.pipeline.train.stage3 import finetune_adapters
 
 ROOT = Path(__file__).resolve().parents[2]
 SUFFIX = {"zarr": ".zarr", "hdf5": ".h5"}

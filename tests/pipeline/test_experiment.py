@@ -18,18 +18,18 @@ import yaml
 from click.testing import CliRunner
 from PIL import Image
 
-import stbava.pipeline.evaluate as evaluate_mod
-import stbava.pipeline.stage2 as stage2_mod
-import stbava.pipeline.stage3 as stage3_mod
+import stbava.pipeline.evaluate.loop as evaluate_mod
+import stbava.pipeline.train.stage2 as stage2_mod
+import stbava.pipeline.train.stage3 as stage3_mod
 from stbava.cli import main
 from stbava.config import ConfigError, EncoderConfig, load_config
 from stbava.data.synthetic import write_synthetic
-from stbava.pipeline.experiment import run_experiment
-from stbava.pipeline.experiment_report import mean_std, pm
-from stbava.pipeline.experiment_spec import load_spec, variant_config
-from stbava.pipeline.extract import run_extraction
-from stbava.pipeline.net import build_fusion_net
-from stbava.pipeline.train import Trainer
+from stbava.pipeline.core.net import build_fusion_net
+from stbava.pipeline.experiment.report import mean_std, pm
+from stbava.pipeline.experiment.runner import run_experiment
+from stbava.pipeline.experiment.spec import load_spec, variant_config
+from stbava.pipeline.extract.features import run_extraction
+from stbava.pipeline.train.loop import Trainer
 
 ROOT = Path(__file__).resolve().parents[2]
 FRAMES = 2
@@ -287,7 +287,7 @@ def test_the_run_key_holds_the_data_and_the_resolved_stage_three_recipe(data, ta
     assert key["finetune_resolved"] is None  # stage two only
     spec = load_spec(write_spec(tmp_path / "ft.yaml", {"base": BASE, "variants": [
         {"name": "tuned", "finetune": {"train.lr": 0.5}}]}))
-    from stbava.pipeline.experiment import Context, run_key
+    from stbava.pipeline.experiment.runner import Context, run_key
 
     ctx = Context(data["cache"], data["data"], tmp_path, "test", "cpu", False, {})
     resolved = run_key(spec, spec.variants[0], 0, ctx)["finetune_resolved"]

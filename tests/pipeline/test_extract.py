@@ -19,9 +19,9 @@ from stbava.device import resolve_device
 from stbava.encoders.audio import build_vggish, embed_audio
 from stbava.encoders.fingerprint import encoder_fingerprint
 from stbava.encoders.image import build_image_encoder
-from stbava.pipeline import extract
-from stbava.pipeline.clip_encoding import encode_batch
-from stbava.pipeline.extract import run_extraction
+from stbava.pipeline.extract.clip_encoding import encode_batch
+from stbava.pipeline.extract.features import features as extract
+from stbava.pipeline.extract.features import run_extraction
 
 T = 5
 

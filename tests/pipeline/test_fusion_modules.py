@@ -11,11 +11,11 @@ import torch
 from stbava.checkpoint import read_checkpoint, save_checkpoint
 from stbava.config import FUSION_OPTIONS, FUSIONS, ConfigError, load_config
 from stbava.losses import masked_bce
-from stbava.pipeline.net import build_fusion_net
-from stbava.pipeline.restore import restore_net
-from stbava.pipeline.stage2 import FUSION_PREFIXES
-from stbava.pipeline.stage3 import adapter_prefixes
-from stbava.pipeline.train import saved_weights, set_trainable, trainable_predicate
+from stbava.pipeline.core.net import build_fusion_net
+from stbava.pipeline.core.restore import restore_net
+from stbava.pipeline.train.loop import saved_weights, set_trainable, trainable_predicate
+from stbava.pipeline.train.stage2 import FUSION_PREFIXES
+from stbava.pipeline.train.stage3 import adapter_prefixes
 
 T, G = 2, 16  # the tiny encoder's 16x16 grid (config default encoder), 2 frames per clip
 

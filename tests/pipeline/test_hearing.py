@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from stbava.data.synthetic import TRUTH_FILE
-from stbava.pipeline.hearing import HearingBreakdown
-from stbava.pipeline.sources import Batch
+from stbava.pipeline.core.sources import Batch
+from stbava.pipeline.evaluate.hearing import HearingBreakdown
 
 
 def _truth(root, clips):

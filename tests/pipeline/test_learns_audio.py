@@ -13,9 +13,9 @@ from __future__ import annotations
 
 from stbava.config import EncoderConfig, load_config
 from stbava.data.synthetic import write_synthetic
-from stbava.pipeline.evaluate import run_eval
-from stbava.pipeline.extract import run_extraction
-from stbava.pipeline.stage2 import train_fusion
+from stbava.pipeline.evaluate.loop import run_eval
+from stbava.pipeline.extract.features import run_extraction
+from stbava.pipeline.train.stage2 import train_fusion
 
 FRAMES = 2  # own / shuffled mIoU at the same 168 steps: 5 frames 0.442 / 0.215, 3: 0.415 / 0.215, 2: 0.495 / 0.190
 

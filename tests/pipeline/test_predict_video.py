@@ -22,8 +22,8 @@ from PIL import Image
 from predict_helpers import tiny_checkpoint
 
 from stbava.cli import main
-from stbava.pipeline.predict import load_predictor
-from stbava.pipeline.predict_run import PredictOptions, predict_one
+from stbava.pipeline.predict.run import PredictOptions, predict_one
+from stbava.pipeline.predict.windows import load_predictor
 from stbava.testing import write_test_video
 
 

@@ -20,12 +20,12 @@ from stbava.cli import main
 from stbava.config import ConfigError, EncoderConfig, config_from_dict, load_config
 from stbava.data.clips import load_clips
 from stbava.data.synthetic import write_synthetic
-from stbava.pipeline.evaluate import evaluate_net, make_eval_dataset, run_eval
-from stbava.pipeline.extract import run_extraction
-from stbava.pipeline.net import build_adapter_net
-from stbava.pipeline.restore import load_model, restore_net
-from stbava.pipeline.stage2 import train_fusion
-from stbava.pipeline.stage3 import finetune_adapters
+from stbava.pipeline.core.net import build_adapter_net
+from stbava.pipeline.core.restore import load_model, restore_net
+from stbava.pipeline.evaluate.loop import evaluate_net, make_eval_dataset, run_eval
+from stbava.pipeline.extract.features import run_extraction
+from stbava.pipeline.train.stage2 import train_fusion
+from stbava.pipeline.train.stage3 import finetune_adapters
 from stbava.state_dict import CheckpointError
 from stbava.testing import write_fake_sam_checkpoint
 
@@ -168,7 +168,7 @@ def test_a_programming_error_in_a_read_is_not_reported_as_damage(setup, monkeypa
 _PEAK = """
 import resource, sys
 from stbava.config import EncoderConfig
-from stbava.pipeline.extract import run_extraction
+from stbava.pipeline.extract.features import run_extraction
 run_extraction(sys.argv[1], "ms3", sys.argv[2], "zarr", EncoderConfig(), batch_size=int(sys.argv[3]), device="cpu",
                progress=False, frames_per_forward=2)
 print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)

@@ -28,7 +28,7 @@ from stbava.cli import main
 from stbava.data.clips import load_clips
 from stbava.data.io import load_audio, read_clip_frames, read_frame
 from stbava.data.transforms import frames_to_sam_input, waveform_to_examples
-from stbava.pipeline.restore import restore_net
+from stbava.pipeline.core.restore import restore_net
 from stbava.testing import (
     build_sam,
     write_fake_sam_checkpoint,
@@ -149,7 +149,7 @@ def _video(flow, tmp_path) -> Path:
 def _window_logits_by_hand(flow, ckpt: Path, video: Path) -> tuple[torch.Tensor, torch.Tensor]:
     """predict's probabilities for the first window, and the same window through SAM + VGGish + PCA by hand."""
     from stbava.data.video import SR, VideoFile
-    from stbava.pipeline.predict import load_predictor
+    from stbava.pipeline.predict.windows import load_predictor
 
     pred = load_predictor(ckpt, device="cpu")
     secs = list(VideoFile(video).seconds())[:T]

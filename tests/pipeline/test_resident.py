@@ -12,10 +12,10 @@ from stbava.checkpoint import read_checkpoint
 from stbava.config import ConfigError, EncoderConfig, load_config
 from stbava.data.clips import load_clips
 from stbava.data.synthetic import write_synthetic
-from stbava.pipeline.extract import run_extraction
-from stbava.pipeline.resident import ResidentClips
-from stbava.pipeline.sources import CachedClips, collate
-from stbava.pipeline.stage2 import train_fusion
+from stbava.pipeline.core.sources import CachedClips, collate
+from stbava.pipeline.extract.features import run_extraction
+from stbava.pipeline.train.resident import ResidentClips
+from stbava.pipeline.train.stage2 import train_fusion
 
 T = 2
 

@@ -11,11 +11,11 @@ from torch.utils.data import Dataset
 from stbava.checkpoint import CheckpointFormatError, read_checkpoint
 from stbava.config import ConfigError, load_config
 from stbava.losses import masked_bce
-from stbava.pipeline.batches import epoch_batches
-from stbava.pipeline.distributed import DistInfo
-from stbava.pipeline.net import build_fusion_net
-from stbava.pipeline.stage2 import FUSION_PREFIXES
-from stbava.pipeline.train import fit, trainable_predicate
+from stbava.pipeline.core.distributed import DistInfo
+from stbava.pipeline.core.net import build_fusion_net
+from stbava.pipeline.train.batches import epoch_batches
+from stbava.pipeline.train.loop import fit, trainable_predicate
+from stbava.pipeline.train.stage2 import FUSION_PREFIXES
 
 T, G = 3, 16  # frames per clip, embedding grid of the tiny encoder
 

@@ -13,7 +13,7 @@ from relhelpers import BATCH, COUNTS, FRAMES, SUBSET, Dataset, cli, train_args
 
 from stbava.config import EncoderConfig
 from stbava.data.synthetic import write_synthetic
-from stbava.pipeline.extract import run_extraction
+from stbava.pipeline.extract.features import run_extraction
 
 
 @pytest.fixture(scope="session")

@@ -25,8 +25,8 @@ from stbava.cache import manifest as cache_manifest
 from stbava.cache import open_cache
 from stbava.checkpoint import read_checkpoint, save_checkpoint
 from stbava.config import load_config
-from stbava.pipeline.evaluate import run_eval
-from stbava.pipeline.stage2 import train_fusion
+from stbava.pipeline.evaluate.loop import run_eval
+from stbava.pipeline.train.stage2 import train_fusion
 
 
 def _half_then_crash(real):
@@ -107,13 +107,13 @@ ATOMIC_HELPERS = {("stbava/atomic.py", "atomic_open", "open(mode='wb')")}
 
 # Deliberately non-atomic writes, one entry per call site (file, function, what the scan matched): reason.
 ALLOWED_DIRECT_WRITES = {
-    ("stbava/pipeline/logger.py", "MetricLogger.write", "open(mode='a')"):
+    ("stbava/pipeline/train/logger.py", "MetricLogger.write", "open(mode='a')"):
         "metrics.jsonl is append-only by design; a torn last line is skipped on resume (truncate_after)",
     ("stbava/data/synthetic.py", "write_synthetic", "open(mode='w')"):
         "synthetic demo/test data CSV (NOT atomic: run_demo reuses the data once this CSV exists)",
     ("stbava/viz/video.py", "_write_h264", "open(mode='w')"):
         "overlay video streamed by FFmpeg into the output file; a crash leaves a truncated preview, not state",
-    ("stbava/pipeline/overlay.py", "OverlayWriter.__init__", "open(mode='w')"):
+    ("stbava/pipeline/predict/overlay.py", "OverlayWriter.__init__", "open(mode='w')"):
         "predict's overlay video streamed frame by frame by FFmpeg (PyAV) into its output file: a crash leaves a "
         "truncated preview of a finished command's output, not state that a later run reads",
     ("stbava/testing.py", "write_test_video", "open(mode='w')"):

@@ -17,10 +17,10 @@ from stbava.config import ConfigError, load_config
 from stbava.model.fusion.cmran import CMRANFusion
 from stbava.model.fusion.han import HANLayer
 from stbava.model.fusion.jca import JCAFusion
-from stbava.pipeline.net import build_fusion_net
-from stbava.pipeline.restore import restore_net
-from stbava.pipeline.stage2 import FUSION_PREFIXES
-from stbava.pipeline.train import saved_weights, set_trainable, trainable_predicate
+from stbava.pipeline.core.net import build_fusion_net
+from stbava.pipeline.core.restore import restore_net
+from stbava.pipeline.train.loop import saved_weights, set_trainable, trainable_predicate
+from stbava.pipeline.train.stage2 import FUSION_PREFIXES
 
 T = 2
 

@@ -27,8 +27,8 @@ from stbava.device import autocast, resolve_device
 from stbava.digest import file_sha256
 from stbava.encoders.weights import WeightSearch
 from stbava.metrics import MetricAccumulator, PooledMetrics
-from stbava.pipeline.distributed import dist_info
-from stbava.pipeline.sources import Batch, CachedClips, CachedSource, LiveSource, collate
+from stbava.pipeline.core.distributed import dist_info
+from stbava.pipeline.core.sources import Batch, CachedClips, CachedSource, LiveSource, collate
 
 log = logging.getLogger(__name__)
 
@@ -134,9 +134,9 @@ def run_eval(checkpoint: str | Path, data_root: str | Path, split: str, out: str
     ``frame_miou_by_hearing``: mean frame IoU of clear / drowned / paused seconds and hand-over clips.
     """
     from stbava.data.synthetic import TRUTH_FILE
-    from stbava.pipeline.eval_outputs import BatchWriter, save_similarity_figures
-    from stbava.pipeline.hearing import HearingBreakdown
-    from stbava.pipeline.restore import restore_net
+    from stbava.pipeline.core.restore import restore_net
+    from stbava.pipeline.evaluate.hearing import HearingBreakdown
+    from stbava.pipeline.evaluate.outputs import BatchWriter, save_similarity_figures
 
     payload = read_checkpoint(checkpoint)
     dist = dist_info()

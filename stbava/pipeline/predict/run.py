@@ -23,7 +23,8 @@ from stbava.data.clips import DataError
 from stbava.data.media import folder_videos, is_video_folder, open_media
 from stbava.data.video import check_range
 from stbava.encoders.weights import WeightSearch
-from stbava.pipeline.overlay import (
+from stbava.pipeline.predict.outputs import MaskRecorder, staged
+from stbava.pipeline.predict.overlay import (
     GifWriter,
     HeldMasks,
     OverlayWriter,
@@ -31,8 +32,7 @@ from stbava.pipeline.overlay import (
     output_size,
     write_held,
 )
-from stbava.pipeline.predict import Predictor, load_predictor, stride_offsets, window_count
-from stbava.pipeline.predict_outputs import MaskRecorder, staged
+from stbava.pipeline.predict.windows import Predictor, load_predictor, stride_offsets, window_count
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +95,7 @@ def plan_inputs(input_path: str | Path, out: str | Path, opts: PredictOptions) -
 def predict_one(pred: Predictor, src: str | Path, out: str | Path, opts: PredictOptions) -> dict[str, Any]:
     """Segment one input; writes ``out/masks``, ``out/<video_name>`` and ``out/summary.json``; returns the summary.
 
-    Nothing is left in ``out`` if it fails (see :func:`stbava.pipeline.predict_outputs.staged`).
+    Nothing is left in ``out`` if it fails (see :func:`stbava.pipeline.predict.outputs.staged`).
     """
     offsets = validate_options(opts)
     media = open_media(src, opts.audio, opts.start, opts.duration)

@@ -8,8 +8,8 @@ import numpy as np
 import torch
 
 from stbava.data.clips import Clip
-from stbava.pipeline.net import Net
-from stbava.pipeline.sources import Batch, CachedClips
+from stbava.pipeline.core.net import Net
+from stbava.pipeline.core.sources import Batch, CachedClips
 
 
 def _mask_path(root: Path, clip: Clip, k: int) -> Path:

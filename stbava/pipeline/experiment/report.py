@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from stbava.atomic import atomic_write_bytes, atomic_write_text
-from stbava.pipeline.experiment_spec import Spec
+from stbava.pipeline.experiment.spec import Spec
 
 METRICS = ("miou", "fscore", "shuffled_miou", "shuffled_fscore", "train_s")
 DASH = "—"

@@ -2,7 +2,7 @@
 
 Pick an example or upload a video, press *Segment*; the page shows the overlay video (with the input's
 sound), the per-second masks, and offers the masks + ``summary.json`` as one zip. The model is restored
-once at start; every request runs :func:`stbava.pipeline.predict_run.predict_one` into its own folder
+once at start; every request runs :func:`stbava.pipeline.predict.run.predict_one` into its own folder
 under the work dir. The work dir is the app's own (a new temporary folder, or a new folder inside
 ``--work-dir``) and is removed when the app closes (``close()``, the end of a blocking launch, or at the
 latest when the process exits). Needs the optional extra: ``pip install "stbava[app]"``.
@@ -21,8 +21,8 @@ from typing import Any
 from stbava.data.clips import DataError
 from stbava.data.media import folder_videos
 from stbava.encoders.weights import WeightSearch
-from stbava.pipeline.predict import Predictor, load_predictor
-from stbava.pipeline.predict_run import PredictOptions, predict_one
+from stbava.pipeline.predict.run import PredictOptions, predict_one
+from stbava.pipeline.predict.windows import Predictor, load_predictor
 
 log = logging.getLogger(__name__)
 

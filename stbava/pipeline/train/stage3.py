@@ -20,10 +20,10 @@ from stbava.device import resolve_device
 from stbava.digest import file_sha256
 from stbava.encoders.weights import WeightSearch, locate_weights
 from stbava.model.avs_model import FUSION_PARAM_PREFIXES
-from stbava.pipeline.distributed import dist_info
-from stbava.pipeline.net import ADAPTER_PREFIX, build_adapter_net
-from stbava.pipeline.sources import LiveSource
-from stbava.pipeline.train import fit, trainable_predicate
+from stbava.pipeline.core.distributed import dist_info
+from stbava.pipeline.core.net import ADAPTER_PREFIX, build_adapter_net
+from stbava.pipeline.core.sources import LiveSource
+from stbava.pipeline.train.loop import fit, trainable_predicate
 from stbava.provenance import require_same_encoders
 
 log = logging.getLogger(__name__)

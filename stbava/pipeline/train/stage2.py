@@ -22,11 +22,11 @@ from stbava.data.clips import Clip, DataError, load_train_val
 from stbava.device import resolve_device
 from stbava.encoders.weights import WeightSearch, locate_weights
 from stbava.model.avs_model import FUSION_PARAM_PREFIXES
-from stbava.pipeline.distributed import dist_info
-from stbava.pipeline.net import Net, build_fusion_net
-from stbava.pipeline.resident import ResidentClips
-from stbava.pipeline.sources import CachedSource
-from stbava.pipeline.train import fit, trainable_predicate
+from stbava.pipeline.core.distributed import dist_info
+from stbava.pipeline.core.net import Net, build_fusion_net
+from stbava.pipeline.core.sources import CachedSource
+from stbava.pipeline.train.loop import fit, trainable_predicate
+from stbava.pipeline.train.resident import ResidentClips
 
 log = logging.getLogger(__name__)
 

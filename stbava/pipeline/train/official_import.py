@@ -45,7 +45,7 @@ def import_official(path: str | Path, out: str | Path, cfg: Config, search: Weig
     from stbava.encoders.fingerprint import encoder_fingerprint
     from stbava.encoders.image import adapter_geometry, model_geometry
     from stbava.encoders.weights import official_encoder_files
-    from stbava.pipeline.stage3 import init_reference
+    from stbava.pipeline.train.stage3 import init_reference
 
     sd = load_official_file(path)
     depth = len({k.split(".")[1] for k in sd if k.startswith("layers.")})

@@ -1,7 +1,7 @@
 """``Net`` = an embedder (where embeddings come from) + the fusion model, and the builders of each stage's net.
 
 Stage two's embedder passes cached embeddings through; stage three's runs frozen VGGish and the SAM image
-encoder with trainable audio adapters on raw frames (:mod:`stbava.pipeline.sources`). ``Net.forward`` takes a
+encoder with trainable audio adapters on raw frames (:mod:`stbava.pipeline.core.sources`). ``Net.forward`` takes a
 batch's named inputs, so one training loop and one evaluation serve both stages. The builders live here, not
 in the stage recipes, so that restoring a checkpoint (:mod:`.restore`) needs no training code.
 """
@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from stbava.config import Config, model_option
-from stbava.pipeline.sources import CachedEmbedder, LiveSource
+from stbava.pipeline.core.sources import CachedEmbedder, LiveSource
 from stbava.state_dict import load_strict
 
 ADAPTER_PREFIX = "embedder.image_encoder.prompt_generator"  # stage three's audio adapters inside a Net

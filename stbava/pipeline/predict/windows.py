@@ -31,7 +31,7 @@ from stbava.data.clips import DataError
 from stbava.data.video import SR, TIME_EPS, Second
 from stbava.device import resolve_device
 from stbava.encoders.weights import WeightSearch
-from stbava.pipeline.net import Net
+from stbava.pipeline.core.net import Net
 from stbava.provenance import require_same_encoders
 
 log = logging.getLogger(__name__)
@@ -95,7 +95,7 @@ def _fusion_net_with_encoders(net: Net, enc_cfg: EncoderConfig, frames: int, pay
     from stbava.encoders.build import build_frozen_encoders
     from stbava.encoders.fingerprint import encoder_fingerprint
     from stbava.encoders.weights import locate_weights
-    from stbava.pipeline.sources import LiveEmbedder
+    from stbava.pipeline.core.sources import LiveEmbedder
 
     enc_cfg = locate_weights(enc_cfg, payload.get("fingerprint"), search, subject=f"checkpoint {payload['path']}")
     require_same_encoders(
@@ -161,7 +161,7 @@ def load_predictor(checkpoint: str | Path, *, search: WeightSearch | None = None
     (each file is checked against the recorded sha256, for both kinds of checkpoint).
     """
     from stbava.encoders.image import image_size
-    from stbava.pipeline.restore import restore_net
+    from stbava.pipeline.core.restore import restore_net
 
     dev = resolve_device(device)
     payload = read_checkpoint(checkpoint)

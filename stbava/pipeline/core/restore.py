@@ -16,7 +16,7 @@ from stbava.checkpoint import CheckpointFormatError, checkpoint_config, read_che
 from stbava.config import Config
 from stbava.digest import file_sha256
 from stbava.encoders.weights import WeightSearch, locate_weights
-from stbava.pipeline.net import ADAPTER_PREFIX, Net, build_adapter_net, build_fusion_net
+from stbava.pipeline.core.net import ADAPTER_PREFIX, Net, build_adapter_net, build_fusion_net
 from stbava.state_dict import load_strict
 
 

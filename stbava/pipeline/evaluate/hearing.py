@@ -18,7 +18,7 @@ import torch
 
 from stbava.data.synthetic import TRUTH_FILE
 from stbava.metrics import frame_ious
-from stbava.pipeline.sources import Batch
+from stbava.pipeline.core.sources import Batch
 
 
 class HearingBreakdown:

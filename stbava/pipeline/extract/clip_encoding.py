@@ -1,6 +1,6 @@
 """What stage one computes per clip: its decoded inputs (a DataLoader dataset) and its frozen-encoder features.
 
-Kept apart from the extraction job (:mod:`stbava.pipeline.extract`: resume, writing, torchrun shards) because
+Kept apart from the extraction job (:mod:`stbava.pipeline.extract.features`: resume, writing, torchrun shards) because
 this is the numerics every cached clip goes through: one clip's features must not depend on its batch-mates.
 """
 

@@ -12,8 +12,8 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from stbava.pipeline.distributed import DistInfo
-from stbava.pipeline.sources import collate
+from stbava.pipeline.core.distributed import DistInfo
+from stbava.pipeline.core.sources import collate
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
@@ -62,7 +62,7 @@ class ZeroWeightPadding(Dataset):
 
 
 def batch_loader(ds: Dataset, batches: list[list[int]], num_workers: int) -> DataLoader:
-    """A DataLoader over exactly these index batches, collated into :class:`~stbava.pipeline.sources.Batch`.
+    """A DataLoader over exactly these index batches, collated into :class:`~stbava.pipeline.core.sources.Batch`.
 
     An explicit generator keeps the DataLoader from drawing on the global RNG (dropout's), so resume is exact.
     """

@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from stbava.config import ConfigError
 from stbava.data.clips import DataError
-from stbava.pipeline.sources import INPUT_FIELDS, Batch
+from stbava.pipeline.core.sources import INPUT_FIELDS, Batch
 
 
 class ResidentClips(Dataset):
@@ -29,7 +29,7 @@ class ResidentClips(Dataset):
 
         Args:
             ds: a map-style dataset of clip dicts (``clip_id``, ``masks``, ``mask_valid`` and the input fields
-                of :class:`~stbava.pipeline.sources.Batch`, e.g. ``image_embeddings``, ``audio_embeddings``).
+                of :class:`~stbava.pipeline.core.sources.Batch`, e.g. ``image_embeddings``, ``audio_embeddings``).
             device: where the tensors live (a CUDA device for ``train.gpu_resident``; CPU works too).
             num_workers: DataLoader workers that read ``ds`` while it is copied (once).
             headroom: refuse when the data would take more than this share of the device's free memory.

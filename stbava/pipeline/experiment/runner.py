@@ -34,11 +34,11 @@ from stbava.atomic import atomic_write_text
 from stbava.checkpoint import read_checkpoint, trained_names
 from stbava.config import Config, ConfigError
 from stbava.encoders.weights import WeightSearch
-from stbava.pipeline.experiment_key import cache_identity, claim_run_dir, data_identity, train_key
-from stbava.pipeline.experiment_report import write_results
-from stbava.pipeline.experiment_spec import Spec, Variant, load_spec, variant_config
-from stbava.pipeline.stage3 import resolve_stage_three
-from stbava.pipeline.user_errors import USER_ERRORS
+from stbava.pipeline.core.user_errors import USER_ERRORS
+from stbava.pipeline.experiment.key import cache_identity, claim_run_dir, data_identity, train_key
+from stbava.pipeline.experiment.report import write_results
+from stbava.pipeline.experiment.spec import Spec, Variant, load_spec, variant_config
+from stbava.pipeline.train.stage3 import resolve_stage_three
 
 log = logging.getLogger(__name__)
 
@@ -104,8 +104,8 @@ def trainable_params(checkpoints: Sequence[Path]) -> int | None:
 
 def train_stages(cfg: Config, variant: Variant, run_dir: Path, ctx: Context) -> tuple[list[Path], float, bool]:
     """Stage two, then stage three when the variant asks; returns (best checkpoints, train seconds, resumed)."""
-    from stbava.pipeline.stage2 import train_fusion
-    from stbava.pipeline.stage3 import finetune_adapters
+    from stbava.pipeline.train.stage2 import train_fusion
+    from stbava.pipeline.train.stage3 import finetune_adapters
 
     record = _read_json(run_dir / "train.json") or {}
     stages = [("fusion", run_dir)] + ([("adapters", run_dir / "adapters")] if variant.finetune is not None else [])
@@ -129,7 +129,7 @@ def train_stages(cfg: Config, variant: Variant, run_dir: Path, ctx: Context) -> 
 
 def evaluate_run(best: Path, run_dir: Path, ctx: Context, shuffled: bool) -> dict[str, float]:
     """Own-audio scores (and shuffled-audio scores when asked) of the run's final checkpoint."""
-    from stbava.pipeline.evaluate import run_eval
+    from stbava.pipeline.evaluate.loop import run_eval
 
     out: dict[str, float] = {}
     for shuffle in (False, True) if shuffled else (False,):

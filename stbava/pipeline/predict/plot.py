@@ -1,6 +1,6 @@
 """Training curves from ``metrics.jsonl``: train loss, validation mIoU and F-score per epoch, runs overlaid.
 
-Reads the epoch records the training loop writes (:mod:`stbava.pipeline.logger`): ``epoch`` (0-based, drawn
+Reads the epoch records the training loop writes (:mod:`stbava.pipeline.train.logger`): ``epoch`` (0-based, drawn
 1-based), ``train_loss`` and, on validated epochs, ``val_miou`` / ``val_fscore``. Drawn with matplotlib's
 object API on the Agg canvas (no pyplot), one colour per run across the three panels.
 """

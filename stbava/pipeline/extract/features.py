@@ -37,8 +37,8 @@ from stbava.encoders.build import auto_frames_per_forward, build_frozen_encoders
 from stbava.encoders.fingerprint import encoder_fingerprint, fingerprint_digest
 from stbava.encoders.image import grid_size, image_size
 from stbava.encoders.weights import record_paths
-from stbava.pipeline.clip_encoding import ClipInputs, as_list, encode_batch
-from stbava.pipeline.distributed import DistInfo, dist_info
+from stbava.pipeline.core.distributed import DistInfo, dist_info
+from stbava.pipeline.extract.clip_encoding import ClipInputs, as_list, encode_batch
 from stbava.version import __version__
 
 log = logging.getLogger(__name__)

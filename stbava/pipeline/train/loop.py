@@ -30,14 +30,14 @@ from stbava.checkpoint import CheckpointFormatError, check_compatible, read_chec
 from stbava.config import Config
 from stbava.device import autocast
 from stbava.losses import masked_bce
-from stbava.pipeline.batches import ZeroWeightPadding, batch_loader, epoch_batches
-from stbava.pipeline.distributed import dist_info
-from stbava.pipeline.evaluate import EvalResult, evaluate_net
-from stbava.pipeline.logger import MetricLogger
-from stbava.pipeline.lr_schedule import lr_at
-from stbava.pipeline.net import Net
-from stbava.pipeline.resident import ResidentClips
-from stbava.pipeline.sources import Batch
+from stbava.pipeline.core.distributed import dist_info
+from stbava.pipeline.core.net import Net
+from stbava.pipeline.core.sources import Batch
+from stbava.pipeline.evaluate.loop import EvalResult, evaluate_net
+from stbava.pipeline.train.batches import ZeroWeightPadding, batch_loader, epoch_batches
+from stbava.pipeline.train.logger import MetricLogger
+from stbava.pipeline.train.lr_schedule import lr_at
+from stbava.pipeline.train.resident import ResidentClips
 from stbava.state_dict import load_strict
 
 log = logging.getLogger(__name__)
