@@ -29,7 +29,7 @@ from stbava.data.synthetic import write_synthetic
 from stbava.pipeline.core.distributed import DistInfo
 from stbava.pipeline.core.net import build_fusion_net
 from stbava.pipeline.evaluate.loop import run_eval
-from stbava.pipeline.extract.features import features as extract
+from stbava.pipeline.extract import features as extract
 from stbava.pipeline.extract.features import run_extraction
 from stbava.pipeline.train.batches import ZeroWeightPadding, epoch_batches
 from stbava.pipeline.train.loop import saved_weights

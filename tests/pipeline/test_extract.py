@@ -19,8 +19,8 @@ from stbava.device import resolve_device
 from stbava.encoders.audio import build_vggish, embed_audio
 from stbava.encoders.fingerprint import encoder_fingerprint
 from stbava.encoders.image import build_image_encoder
+from stbava.pipeline.extract import features as extract
 from stbava.pipeline.extract.clip_encoding import encode_batch
-from stbava.pipeline.extract.features import features as extract
 from stbava.pipeline.extract.features import run_extraction
 
 T = 5

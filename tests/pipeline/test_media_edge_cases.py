@@ -25,9 +25,9 @@ from stbava.data.clips import DataError
 from stbava.data.frames_folder import FramesFolder
 from stbava.data.media import is_video_folder
 from stbava.data.video import Second, VideoFile
+from stbava.pipeline.predict import run as predict_run
 from stbava.pipeline.predict.run import PredictOptions, predict_one, run_predict
 from stbava.pipeline.predict.windows import SeriesWindows, load_predictor, window_count
-from stbava.pipeline.predict.windows import run as predict_run
 from stbava.testing import write_test_video
 
 RATE = 16000
@@ -303,8 +303,8 @@ def test_the_window_layout(seconds):
 def test_the_layout_and_the_time_tolerance_are_defined_once():
     """Failed before: predict.windows() repeated SeriesWindows' layout; video.py and overlay.py each had _EPS."""
     from stbava.data import video
-    from stbava.pipeline.predict.windows import overlay
-    from stbava.pipeline.predict.windows import windows as predict
+    from stbava.pipeline.predict import overlay
+    from stbava.pipeline.predict import windows as predict
 
     assert not hasattr(predict, "windows")
     assert not hasattr(overlay, "_EPS") and not hasattr(video, "_EPS")

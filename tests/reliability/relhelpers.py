@@ -86,7 +86,7 @@ _GATED_EXTRACT = """
 import sys, time
 from pathlib import Path
 from stbava.cli import main
-from stbava.pipeline.extract.features import features as extract
+from stbava.pipeline.extract import features as extract
 gate, real, calls = Path(sys.argv[1]), extract.encode_batch, []
 def gated(*args, **kwargs):
     calls.append(1)

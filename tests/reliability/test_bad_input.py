@@ -31,7 +31,7 @@ from stbava.cache import open_cache
 from stbava.data.clips import load_clips
 from stbava.data.io import load_audio
 from stbava.data.transforms import waveform_to_examples
-from stbava.pipeline.extract.features import features as extract
+from stbava.pipeline.extract import features as extract
 
 TEST_CLIP = "syn_test_0000"  # the only test clip: damage it and extraction of --split test meets it first
 
