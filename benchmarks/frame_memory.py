@@ -1,4 +1,4 @@
-"""Peak memory of one image-encoder forward, for the per-frame table in the README ("Memory of extraction").
+"""Peak memory of one image-encoder forward, for the per-frame table in docs/workflow.md ("Memory of extraction").
 
 Run it once per (encoder, frames) in a fresh process, since ru_maxrss only grows:
 ``python benchmarks/frame_memory.py vit_b 1`` then ``... vit_b 2``; per frame = the peak growth / frames.

@@ -42,7 +42,7 @@ def build_frozen_encoders(enc: EncoderConfig, device: torch.device | str = "cpu"
 
 
 # Peak extra memory of one frame through the image encoder in float32 with SDPA (activations, not weights), GiB.
-# Measured on the 2-core CPU (peak RSS of one forward minus the RSS before it; README "Memory"): tiny 5.6 MiB
+# Measured on the 2-core CPU (peak RSS of one forward minus the RSS before it; docs/workflow.md, "Memory of extraction"): tiny 5.6 MiB
 # per frame (1 vs 9 frames), vit_b 1.75 GiB (1 and 2 frames). vit_l / vit_h: an estimate, vit_b scaled by
 # their 16 vs 12 attention heads (the global attention's [heads,4096,4096] scores dominate the peak).
 PEAK_GIB_PER_FRAME = {"tiny": 0.0055, "vit_b": 1.75, "vit_l": 2.35, "vit_h": 2.35}

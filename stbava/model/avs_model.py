@@ -106,7 +106,8 @@ class AVSModel(nn.Module):
         Why: VGGish embeddings share a large common component (random VGGish: cosine ~0.94 between
         different classes; pretrained VGGish vectors are non-negative), and A0 is L2-normalised right after
         the projection, so with a plain random init every A0 points almost the same way and the sound-specific
-        part is a small remainder (on the demo data: +0.13 test mIoU with centring, README "Results"). Subtracting
+        part is a small remainder (on the demo data: +0.13 test mIoU with centring; docs/results.md, log
+        "2026-11-24: earlier data"). Subtracting
         ``W @ mean`` from the bias, i.e. projecting ``x - mean`` (the architecture and parameter set are
         unchanged), makes A0 encode how a sound differs from the average one. Only ST-BAVA and ``none`` have
         such a normalised projection; the published modules take raw VGGish as published.

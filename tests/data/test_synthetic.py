@@ -234,7 +234,7 @@ def test_unknown_rules_is_a_clear_error(tmp_path):
 ])
 def test_independent_rules_reproduce_the_first_generator(subset, digest):
     # digests of the same clip rendered by the generator before the 'temporal' rules (commit 4798401), so data
-    # and results made with it (README tables) can be made again bit for bit
+    # and results made with it (the tables of docs/results.md) can be made again bit for bit
     c = render_clip(np.random.default_rng(5), subset, rules="independent")
     h = hashlib.sha256()
     for a in (c.frames, c.masks, c.wav, c.sounding):

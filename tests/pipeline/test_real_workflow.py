@@ -1,4 +1,4 @@
-"""The README's real workflow, command by command, with weight files in the official formats.
+"""The real workflow of docs/workflow.md, command by command, with weight files in the official formats.
 
 Random weights saved exactly as ``sam_vit_*.pth`` (full SAM state dict), ``vggish-10086976.pth`` and the VGGish
 PCA params file (numpy arrays pickled by torch, as released); the tiny SAM architecture keeps it fast. At each
