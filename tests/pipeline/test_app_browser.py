@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,6 +19,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from predict_helpers import free_port
 
 from stbava.testing import write_test_video
 
@@ -30,12 +30,6 @@ CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 pytestmark = pytest.mark.skipif(CHROMIUM is None or CHROMEDRIVER is None,
                                 reason="needs Debian's chromium and chromium-driver (apt-get install chromium "
                                        "chromium-driver)")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start_app(checkpoint: Path, port: int, work: Path) -> subprocess.Popen:
@@ -106,7 +100,7 @@ def test_upload_segment_and_see_the_overlay_and_masks(ckpt, tmp_path, monkeypatc
     pytest.importorskip("selenium")
     monkeypatch.setenv("SE_AVOID_STATS", "true")
     video = write_test_video(tmp_path / "clip.mp4", SECONDS, fps=8, size=(160, 120))
-    port = _free_port()
+    port = free_port()
     app = start_app(ckpt, port, tmp_path / "work")
     driver = None
     try:
