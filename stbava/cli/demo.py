@@ -12,12 +12,14 @@ from stbava.cli.group import cli_errors, main
 @click.option("--config", "config_path", default=None, type=click.Path(dir_okay=False),
               help="Defaults to configs/demo.yaml.")
 @click.option("--device", default="auto", show_default=True)
-def demo_cmd(out, config_path, device):
+@click.option("--amp", default="off", show_default=True, type=click.Choice(["off", "bf16"]),
+              help="bf16 autocast in every stage (CUDA; CPUs with native bf16, else refused); use another --out.")
+def demo_cmd(out, config_path, device, amp):
     """Whole pipeline on the embedded synthetic data: synth, extract, train, evaluate, results table."""
     from stbava.pipeline.demo import results_table, run_demo
 
     with cli_errors():
-        res = run_demo(out, config=config_path, device=device)
+        res = run_demo(out, config=config_path, device=device, amp=amp)
     click.echo(results_table(res["rows"]))
     t = res["timings"]
     click.echo(f"total {t['total_s']:.0f} s (extract {t['extract_s']:.0f} s, train full {t['train_full_s']:.0f} s, "
