@@ -193,6 +193,8 @@ def run(quick: bool, frames: int, depth: int, device: torch.device) -> dict[str,
     rows = []
     for name, make, reps in stages(quick, frames, depth, device):
         flops, times = measure(make, list(dtypes), reps, device)
+        print(f"  {name}: {flops / 1e9:.1f} GFLOP, " + ", ".join(
+            f"{'fp32' if a == 'off' else a} {median(ts):.2f} s" for a, ts in times.items()), flush=True)
         for amp, ts in times.items():
             rows.append({"stage": name, "dtype": "fp32" if amp == "off" else "bf16", "amp": amp,
                          "gflop": flops / 1e9, "s": median(ts), "runs": ts})
