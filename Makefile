@@ -28,7 +28,9 @@ CKPT        ?= $(RUN)/best.pt
 REPORT      ?= $(RUN)/report_$(SPLIT).json
 DEVICE      ?= auto
 BATCH       ?= 4
-DEMO_OUT    ?= demo_out
+# AMP=bf16: the demo in bf16 autocast (CPUs with native bf16, or CUDA), into its own folder
+AMP         ?= off
+DEMO_OUT    ?= demo_out$(if $(filter bf16,$(AMP)),_bf16,)
 # Any further flags for the stbava command of a target, e.g. EXTRA="--batch-size 8 --epochs 50"
 EXTRA       ?=
 VIDEO       ?= my_video.mp4
@@ -67,7 +69,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 	touch $@
 
 demo: setup
-	$(STBAVA) demo --out $(DEMO_OUT)
+	$(STBAVA) demo --out $(DEMO_OUT) --amp $(AMP)
 
 # Two pytest-xdist workers, one test file at a time each (module fixtures are built once); the slowest 15 listed.
 test: setup

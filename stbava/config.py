@@ -27,7 +27,7 @@ class EncoderConfig:
     vggish_pca: str | None = None  # optional PCA params file; PCA is off unless given
     seed: int = 0  # seed of the random init used when no checkpoint is given
     sdpa: bool = True  # fused SDPA attention in the image encoder (values equal SAM's to float rounding)
-    amp: str = "off"  # image encoder autocast at extraction: off (float32) | bf16 (CUDA only)
+    amp: str = "off"  # image encoder autocast at extraction: off (float32) | bf16 (CUDA; CPU where native, stbava.bf16)
 
 
 # Registered fusion modules (stbava.model.fusion; a test keeps the two lists equal). The config is a leaf and
@@ -97,7 +97,7 @@ class TrainConfig:
     val_every: int = 1  # epochs between validations
     train_fusion: bool = True  # stage three: keep ST-BAVA trainable (published code freezes it)
     grad_checkpointing: bool = True  # stage three: checkpoint encoder blocks
-    amp: str = "auto"  # auto (bf16 on CUDA) | bf16 | off
+    amp: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | bf16 (CPU: where native) | off
     gpu_resident: bool = False  # stage two: load the whole cache onto the GPU once
     max_steps: int = 0  # 0 = no limit; otherwise stop after this many optimiser steps
     save_every_steps: int = 0  # 0 = save last.pt at epoch ends only; N = also every N steps (mid-epoch resume)

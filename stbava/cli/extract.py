@@ -33,7 +33,7 @@ from stbava.cli.options import device_option, progress_option, seed_option, verb
                    "per frame on CPU (fp32): tiny 6 MiB, vit_b 1.75 GiB; vit_h about 2.4 GiB (estimate).")
 @device_option
 @click.option("--amp", default="off", show_default=True, type=click.Choice(["off", "bf16"]),
-              help="bf16 autocast for the image encoder (CUDA only).")
+              help="bf16 autocast for the image encoder (CUDA; CPUs with native bf16, else refused).")
 @click.option("--store-log-mel", is_flag=True, help="Also cache the [T,1,96,64] VGGish input examples.")
 @seed_option
 @click.option("--frames", default=5, show_default=True, help="Frames per clip.")

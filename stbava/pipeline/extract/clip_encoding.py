@@ -60,7 +60,7 @@ def encode_batch(image_encoder: nn.Module, vggish: nn.Module, items: Sequence[di
         vggish: from build_vggish, on ``device``.
         items: ClipInputs entries (``frames`` [T,3,h,w], ``mels`` [T,1,96,64]).
         device: where the encoders live.
-        amp: ``bf16`` runs the image encoder under CUDA bf16 autocast; ``off`` keeps float32.
+        amp: ``bf16`` runs the image encoder under bf16 autocast; ``off`` keeps float32.
         frames_per_forward: frames per image-encoder forward (0 = all B*T frames of same-sized clips at once).
             What bounds extraction's memory: the activations of one forward, whatever the batch size.
 
@@ -73,7 +73,7 @@ def encode_batch(image_encoder: nn.Module, vggish: nn.Module, items: Sequence[di
     if frames_per_forward > 0:
         groups = [chunk for g in groups for chunk in torch.split(g, frames_per_forward)]
     with torch.inference_mode():
-        with autocast(device, amp if device.type == "cuda" else "off"):  # bf16 on CUDA only
+        with autocast(device, amp):  # bf16 on CPU too: the caller checked it is native there (check_amp)
             images = [image_encoder(g.to(device, non_blocking=True)).to(torch.float16) for g in groups]
         # one VGGish call per clip ([T,1,96,64] every time): batched convolutions pick other kernels for other
         # batch sizes, and a clip's embedding must not depend on its batch-mates, or a resumed cache would differ

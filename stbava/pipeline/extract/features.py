@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 from stbava.cache import CacheError, CacheWriter, create_cache, join_cache, merge_parts
 from stbava.config import ConfigError, EncoderConfig
 from stbava.data.clips import Clip, DataError, load_clips
-from stbava.device import resolve_device
+from stbava.device import check_amp, resolve_device
 from stbava.encoders.build import auto_frames_per_forward, build_frozen_encoders
 from stbava.encoders.fingerprint import encoder_fingerprint, fingerprint_digest
 from stbava.encoders.image import grid_size, image_size
@@ -87,7 +87,7 @@ def run_extraction(data_root: str | Path, subset: str, cache_path: str | Path, b
         splits: subset of train/val/test; all when None.
         batch_size: clips per encoder forward (batch_size * frames images).
         device: ``auto`` (CUDA when present) | ``cpu`` | ``cuda``.
-        amp: ``off`` | ``bf16`` (CUDA only; ignored with a warning on CPU).
+        amp: ``off`` | ``bf16`` (CUDA; on CPU where it is native, else refused: :func:`stbava.device.check_amp`).
         frames: T, frames per clip.
         store_log_mel: also cache the VGGish input examples.
         progress: show a tqdm bar (clips/s).
@@ -115,9 +115,7 @@ def run_extraction(data_root: str | Path, subset: str, cache_path: str | Path, b
         raise ConfigError(f"--batch-size must be >= 1, got {batch_size}")
     dist = dist_info()
     dev = resolve_device(device, dist.local_rank)
-    if amp == "bf16" and dev.type != "cuda":
-        log.warning("--amp bf16 needs CUDA (bf16 autocast is much slower on CPUs); extracting in float32")
-        amp = "off"
+    numerics = check_amp(dev, amp, "--amp bf16", "--amp off")  # bf16 on CPU only where native (stbava.bf16)
     clips = load_clips(data_root, subset, splits, frames=frames)
     if not clips:
         raise DataError(f"no clips of subset {subset} (splits {', '.join(splits or ['all'])}) under {data_root}")
@@ -127,7 +125,8 @@ def run_extraction(data_root: str | Path, subset: str, cache_path: str | Path, b
     layout = {"fingerprint": fp, "frames": frames, "emb_shape": (256, g, g), "store_log_mel": store_log_mel}
     fpf = frames_per_forward or auto_frames_per_forward(enc_cfg.name, dev)
     # the encoder config with absolute weight paths: where later stages look for the files first
-    info = {"device": dev.type, "stbava": __version__, "subset": subset, "encoders": dataclasses.asdict(enc_cfg)}
+    info = {"device": dev.type, "stbava": __version__, "subset": subset, "encoders": dataclasses.asdict(enc_cfg),
+            "numerics": numerics}
     start = time.perf_counter()
     sync = _Sync(dist)
     writer, todo, skipped = _open_writer(sync, clips, cache_path, backend, layout, codec, info, verify)
