@@ -89,3 +89,9 @@ def test_sam2_checkpoint_against_a_sam_cache_is_refused(sam2_run, tmp_path) -> N
     out = _run("extract-features", "--data-root", sam2_run["data"], "--subset", "ms3", "--cache", sam_cache,
                "--encoder", "sam2_mini", "--split", "test", "--no-progress", "--num-workers", 0, ok=False)
     assert "SAM and SAM 2 features never mix" in out
+
+
+def test_stage_three_is_refused_by_name(sam2_run, tmp_path) -> None:
+    out = _run("finetune-adapters", "--data-root", sam2_run["data"], "--init", sam2_run["run"], "--run-dir",
+               tmp_path / "ad", "--epochs", 1, ok=False)
+    assert "not available for SAM 2 encoders" in out and "constant-width ViT" in out
