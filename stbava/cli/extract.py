@@ -34,7 +34,8 @@ from stbava.config import SAM2_ENCODERS, SAM_ENCODERS
               help="Clips decoded and written together; memory is set by --frames-per-forward, not by this.")
 @click.option("--frames-per-forward", default=0, show_default=True,
               help="Frames per image-encoder forward; 0 = as many as fit in half the free memory. Measured peak "
-                   "per frame on CPU (fp32): tiny 6 MiB, vit_b 1.75 GiB; vit_h about 2.4 GiB (estimate).")
+                   "per frame on CPU (fp32): tiny 6 MiB, vit_b 1.75 GiB; vit_h about 2.4 GiB (estimate); SAM 2 Hiera "
+                   "t / l about 0.5 GiB.")
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda")
 @click.option("--amp", default="off", show_default=True, type=click.Choice(["off", "bf16"]),
               help="bf16 autocast for the image encoder (CUDA only).")

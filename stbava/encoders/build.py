@@ -55,9 +55,10 @@ def build_frozen_encoders(enc: EncoderConfig, device: torch.device | str = "cpu"
 # per frame (1 vs 9 frames), vit_b 1.75 GiB (1 and 2 frames). vit_l / vit_h: an estimate, vit_b scaled by
 # their 16 vs 12 attention heads (the global attention's [heads,4096,4096] scores dominate the peak).
 PEAK_GIB_PER_FRAME = {"tiny": 0.0055, "vit_b": 1.75, "vit_l": 2.35, "vit_h": 2.35}
-# SAM 2 (docs/sam2.md, "Extraction"): measured per Hiera size where listed there; a name missing here is sized as
-# the largest measured one.
-PEAK_GIB_PER_FRAME_SAM2 = {"sam2_mini": 0.02, "t": 1.0, "s": 1.0, "b+": 1.5, "l": 2.5}
+# SAM 2 by Hiera size (sam2.1_* and sam2_* alike): the growth of the peak RSS over one 1024-px frame's forward,
+# float32, measured on the 2-core CPU (docs/sam2.md, "Measured": t 0.48, s >= 0.42, b+ >= 0.57, l 0.47 GiB),
+# rounded up; SAM 2's attention is already SDPA. sam2_mini (256 px): an estimate, t scaled by the 16x fewer pixels.
+PEAK_GIB_PER_FRAME_SAM2 = {"sam2_mini": 0.05, "t": 0.5, "s": 0.5, "b+": 0.6, "l": 0.6}
 _MEMORY_SHARE = 0.5  # of the free memory, for one forward's activations: room for the loader and the writer
 
 

@@ -32,9 +32,9 @@ def sam2_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("sam2_e2e")
     data, cache, run = root / "data", root / "cache.zarr", root / "run"
     ckpt = write_fake_sam2_checkpoint(root / "weights" / "sam2_mini.pt", seed=2)
-    _run("synth", data, "--subset", "ms3", "--clips-per-split", 1, "--seed", 1)
+    _run("synth", data, "--subset", "ms3", "--clips-per-split", 1, "--seed", 1, "--frames", 2)  # T=2: fast
     _run("extract-features", "--data-root", data, "--subset", "ms3", "--cache", cache, "--encoder", "sam2_mini",
-         "--sam-checkpoint", ckpt, "--batch-size", 2, "--no-progress", "--num-workers", 0)
+         "--sam-checkpoint", ckpt, "--batch-size", 2, "--no-progress", "--num-workers", 0, "--frames", 2)
     out = _run("train-fusion", "--cache", cache, "--data-root", data, "--run-dir", run, "--epochs", 1,
                "--batch-size", 1, "--fusion", "none", "--lr", 1e-3, "--max-steps", 2)
     assert "best val mIoU" in out
@@ -82,12 +82,12 @@ def test_eval_and_predict_on_sam2(sam2_run, tmp_path) -> None:
 def test_sam2_checkpoint_against_a_sam_cache_is_refused(sam2_run, tmp_path) -> None:
     sam_cache = tmp_path / "sam.zarr"
     _run("extract-features", "--data-root", sam2_run["data"], "--subset", "ms3", "--cache", sam_cache, "--encoder",
-         "tiny", "--split", "test", "--no-progress", "--num-workers", 0)
+         "tiny", "--split", "test", "--no-progress", "--num-workers", 0, "--frames", 2)
     out = _run("eval", "--checkpoint", sam2_run["run"] / "best.pt", "--cache", sam_cache, "--data-root",
                sam2_run["data"], "--split", "test", "--out", tmp_path / "r.json", ok=False)
     assert "SAM 2 (sam2_mini) vs SAM (tiny)" in out or "SAM (tiny) vs SAM 2 (sam2_mini)" in out
     out = _run("extract-features", "--data-root", sam2_run["data"], "--subset", "ms3", "--cache", sam_cache,
-               "--encoder", "sam2_mini", "--split", "test", "--no-progress", "--num-workers", 0, ok=False)
+               "--encoder", "sam2_mini", "--split", "test", "--no-progress", "--num-workers", 0, "--frames", 2, ok=False)
     assert "SAM and SAM 2 features never mix" in out
 
 
