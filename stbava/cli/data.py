@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from stbava.cli.group import cli_errors, main
+from stbava.cli.options import progress_option, seed_option, verbosity_options
 
 
 @main.command("check-data")
@@ -15,12 +16,14 @@ from stbava.cli.group import cli_errors, main
 @click.option("--subset", required=True, type=click.Choice(["s4", "ms3"]))
 @click.option("--frames", default=5, show_default=True, help="Frames per clip.")
 @click.option("--workers", default=None, type=int, help="Decoding threads (default: CPU count, at most 8).")
-def check_data_cmd(data_root: Path, subset: str, frames: int, workers: int | None) -> None:
+@progress_option
+@verbosity_options
+def check_data_cmd(data_root: Path, subset: str, frames: int, workers: int | None, progress: bool) -> None:
     """Open every frame, wav and mask; list what is missing or unreadable (exit 1 if anything is)."""
     from stbava.data.check import check_data
 
     with cli_errors():
-        report = check_data(data_root, subset, frames=frames, workers=workers)
+        report = check_data(data_root, subset, frames=frames, workers=workers, progress=progress)
     for line in report.lines():
         click.echo(line)
     if not report.ok:
@@ -31,12 +34,15 @@ def check_data_cmd(data_root: Path, subset: str, frames: int, workers: int | Non
 @click.argument("out", type=click.Path(path_type=Path))
 @click.option("--subset", required=True, type=click.Choice(["s4", "ms3"]))
 @click.option("--clips-per-split", default=8, show_default=True, help="Clips in each of train/val/test.")
-@click.option("--seed", default=0, show_default=True)
+@seed_option
 @click.option("--frames", default=5, show_default=True, help="Frames (and seconds of audio) per clip.")
 @click.option("--rules", default="temporal", show_default=True, type=click.Choice(["temporal", "independent"]),
               help="Who sounds when: 'temporal' (sources persist through drowned or paused seconds, or hand "
                    "over), 'independent' (a fresh sounding set every second).")
-def synth_cmd(out: Path, subset: str, clips_per_split: int, seed: int, frames: int, rules: str) -> None:
+@progress_option
+@verbosity_options
+def synth_cmd(out: Path, subset: str, clips_per_split: int, seed: int | None, frames: int, rules: str,
+              progress: bool) -> None:
     """Write a synthetic dataset in the AVSBench layout under OUT (see stbava/data/synthetic_audio.py)."""
     import time
 
@@ -44,6 +50,7 @@ def synth_cmd(out: Path, subset: str, clips_per_split: int, seed: int, frames: i
 
     t0 = time.perf_counter()
     with cli_errors():
-        root = write_synthetic(out, subset, clips_per_split, seed, frames=frames, rules=rules)
+        root = write_synthetic(out, subset, clips_per_split, 0 if seed is None else seed, frames=frames,
+                               rules=rules, progress=progress)
     click.echo(f"wrote {3 * clips_per_split} {subset} clips to {root} in {time.perf_counter() - t0:.1f} s "
                f"(use --data-root {root})")
