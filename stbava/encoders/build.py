@@ -56,7 +56,7 @@ def build_frozen_encoders(enc: EncoderConfig, device: torch.device | str = "cpu"
 # their 16 vs 12 attention heads (the global attention's [heads,4096,4096] scores dominate the peak).
 PEAK_GIB_PER_FRAME = {"tiny": 0.0055, "vit_b": 1.75, "vit_l": 2.35, "vit_h": 2.35}
 # SAM 2 by Hiera size (sam2.1_* and sam2_* alike): the growth of the peak RSS over one 1024-px frame's forward,
-# float32, measured on the 2-core CPU (docs/sam2.md, "Measured": t 0.48, s >= 0.42, b+ >= 0.57, l 0.47 GiB),
+# float32, measured on the 2-core CPU (docs/sam2.md, "Measured": t 0.44, s 0.49, b+ 0.50, l 0.47 GiB),
 # rounded up; SAM 2's attention is already SDPA. sam2_mini (256 px): an estimate, t scaled by the 16x fewer pixels.
 PEAK_GIB_PER_FRAME_SAM2 = {"sam2_mini": 0.05, "t": 0.5, "s": 0.5, "b+": 0.6, "l": 0.6}
 _MEMORY_SHARE = 0.5  # of the free memory, for one forward's activations: room for the loader and the writer
