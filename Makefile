@@ -65,7 +65,10 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q $(TORCH_SPEC)
-	$(BIN)/pip install -q -e ".[dev,app,tensorboard]"
+	$(BIN)/pip install -q -e ".[dev,app,tensorboard,sam2]"
+# SAM 2 backbones (docs/sam2.md): the sam2 sdist without its CUDA extension and without torchvision (its
+# modeling code needs neither); hydra-core / iopath come with the sam2 extra above
+	SAM2_BUILD_CUDA=0 $(BIN)/pip install -q --no-build-isolation --no-deps "sam2==1.1.0"
 	touch $@
 
 demo: setup

@@ -21,13 +21,21 @@ import yaml
 class EncoderConfig:
     """Frozen stage-one encoders."""
 
-    name: str = "tiny"  # SAM image encoder: vit_h | vit_l | vit_b | tiny
+    name: str = "tiny"  # image encoder: SAM vit_h | vit_l | vit_b | tiny, or SAM 2 (SAM2_ENCODERS)
     sam_checkpoint: str | None = None  # full SAM state dict (keys image_encoder.*, mask_decoder.*, ...)
     vggish_checkpoint: str | None = None  # torchvggish VGG state dict (vggish-10086976.pth)
     vggish_pca: str | None = None  # optional PCA params file; PCA is off unless given
     seed: int = 0  # seed of the random init used when no checkpoint is given
     sdpa: bool = True  # fused SDPA attention in the image encoder (values equal SAM's to float rounding)
     amp: str = "off"  # image encoder autocast at extraction: off (float32) | bf16 (CUDA; CPU where native, stbava.bf16)
+    high_res_features: bool = True  # SAM 2 only: also cache (and decode with) its two high-resolution levels
+
+
+SAM_ENCODERS = ("vit_h", "vit_l", "vit_b", "tiny")
+# SAM 2 image encoders (Hiera, stbava.encoders.hiera): the package's 2.1 and 2.0 configs, and sam2_mini (a small
+# Hiera built from sam2.1_hiera_t's config for tests and the demo).
+SAM2_ENCODERS = ("sam2.1_hiera_t", "sam2.1_hiera_s", "sam2.1_hiera_b+", "sam2.1_hiera_l",
+                 "sam2_hiera_t", "sam2_hiera_s", "sam2_hiera_b+", "sam2_hiera_l", "sam2_mini")
 
 
 # Registered fusion modules (stbava.model.fusion; a test keeps the two lists equal). The config is a leaf and
@@ -246,8 +254,7 @@ def validate(cfg: Config) -> None:
     """Cross-field checks that types alone cannot express."""
     if cfg.subset not in ("s4", "ms3"):
         raise ConfigError(f"subset must be s4 or ms3, got {cfg.subset!r}")
-    if cfg.encoder.name not in ("vit_h", "vit_l", "vit_b", "tiny"):
-        raise ConfigError(f"encoder.name must be vit_h|vit_l|vit_b|tiny, got {cfg.encoder.name!r}")
+    validate_encoder(cfg.encoder)
     if cfg.model.spatial_mode not in ("reference", "paper"):
         raise ConfigError(f"model.spatial_mode must be reference|paper, got {cfg.model.spatial_mode!r}")
     _validate_fusion(cfg.model)
@@ -262,6 +269,15 @@ def validate(cfg: Config) -> None:
     if cfg.train.lr_schedule not in ("constant", "cosine") or cfg.train.warmup_steps < 0:
         raise ConfigError(f"train.lr_schedule must be constant|cosine (got {cfg.train.lr_schedule!r}) and "
                           f"train.warmup_steps >= 0 (got {cfg.train.warmup_steps})")
+
+
+def validate_encoder(enc: EncoderConfig) -> None:
+    """A known encoder name, and SAM 2's high-res switch only with a SAM 2 encoder."""
+    if enc.name not in SAM_ENCODERS + SAM2_ENCODERS:
+        raise ConfigError(f"encoder.name must be one of {'|'.join(SAM_ENCODERS + SAM2_ENCODERS)}, got {enc.name!r}")
+    if not enc.high_res_features and enc.name not in SAM2_ENCODERS:
+        raise ConfigError(f"encoder.high_res_features=false (--high-res-features off) is a SAM 2 setting; SAM's "
+                          f"{enc.name} has no high-resolution levels: drop it or choose a SAM 2 encoder")
 
 
 def _validate_fusion(m: ModelConfig) -> None:

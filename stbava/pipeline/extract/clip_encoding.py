@@ -16,20 +16,21 @@ from torch.utils.data import Dataset
 
 from stbava.data.clips import Clip, DataError
 from stbava.data.io import load_audio, read_clip_frames
-from stbava.data.transforms import frames_to_sam_input, waveform_to_examples
+from stbava.data.transforms import waveform_to_examples
 from stbava.device import autocast
 from stbava.encoders.audio import embed_audio
+from stbava.pipeline.core.sources import encoder_frames
 
 
 class ClipInputs(Dataset):
-    """clip -> SAM-resized frames ``[T,3,h,w]`` (0..255) and VGGish examples ``[T,1,96,64]``.
+    """clip -> frames for encoder ``encoder`` ``[T,3,h,w]`` (0..255) and VGGish examples ``[T,1,96,64]``.
 
     A bad input file is returned as an ``error`` entry instead of raised, so the main process can raise a
     clean DataError naming the file (an exception raised inside a worker arrives wrapped in a traceback).
     """
 
-    def __init__(self, clips: Sequence[Clip], img_size: int, frames: int) -> None:
-        self.clips, self.img_size, self.frames = list(clips), img_size, frames
+    def __init__(self, clips: Sequence[Clip], encoder: str, frames: int) -> None:
+        self.clips, self.encoder, self.frames = list(clips), encoder, frames
 
     def __len__(self) -> int:
         return len(self.clips)
@@ -37,7 +38,7 @@ class ClipInputs(Dataset):
     def __getitem__(self, i: int) -> dict[str, Any]:
         clip = self.clips[i]
         try:
-            images = frames_to_sam_input(read_clip_frames(clip.frame_paths[: self.frames]), self.img_size)
+            images = encoder_frames(self.encoder, read_clip_frames(clip.frame_paths[: self.frames]))
             mels = waveform_to_examples(load_audio(clip.wav_path), num_examples=self.frames)
         except DataError as e:
             return {"index": i, "error": str(e)}
@@ -65,7 +66,8 @@ def encode_batch(image_encoder: nn.Module, vggish: nn.Module, items: Sequence[di
             What bounds extraction's memory: the activations of one forward, whatever the batch size.
 
     Returns:
-        Per clip ``(image float16 [T,256,g,g], audio float32 [T,128])``.
+        Per clip ``(image float16 [T,256,g,g], audio float32 [T,128])`` (SAM 2 with high-res levels:
+        ``[T,1024,g,g]``, packed).
     """
     counts = [it["frames"].shape[0] for it in items]
     same = len({tuple(it["frames"].shape[1:]) for it in items}) == 1
