@@ -15,7 +15,7 @@ from stbava.data.avss_labels import read_colour_label, read_label2idx, v2_palett
 from stbava.data.check import check_data
 from stbava.data.clips import DataError, load_clips
 from stbava.data.synthetic import render_clip
-from stbava.data.synthetic_avss import AVSS_SYNTH_CLASSES, class_map, write_synthetic_avss
+from stbava.data.synthetic_avss import AVSS_SYNTH_CLASSES, class_map
 
 
 def independent_palette(j: int) -> tuple[int, int, int]:
@@ -41,7 +41,9 @@ def test_palette_all_71_colours():
 @pytest.fixture(scope="module")
 def avss_tree(tmp_path_factory):
     out = tmp_path_factory.mktemp("avss")
-    return write_synthetic_avss(out, {"train": 3, "val": 3, "test": 0}, seed=0)
+    r = CliRunner().invoke(main, ["synth", str(out), "--subset", "avss", "--clips-per-split", "3"])
+    assert r.exit_code == 0, r.output
+    return out / "AVSBench-semantic"
 
 
 def test_reader_on_generated_tree(avss_tree):
@@ -51,7 +53,8 @@ def test_reader_on_generated_tree(avss_tree):
     clips = {c.id: c for c in load_clips(avss_tree.parent, "avss")}  # the parent folder works too
     assert [(c.split, c.category, c.num_frames, c.mask_frames) for c in clips.values()] == [
         ("train", "v1s", 5, (0,)), ("train", "v1m", 5, tuple(range(5))), ("train", "v2", 10, tuple(range(10))),
-        ("val", "v1s", 5, tuple(range(5))), ("val", "v1m", 5, tuple(range(5))), ("val", "v2", 10, tuple(range(10)))]
+        ("val", "v1s", 5, tuple(range(5))), ("val", "v1m", 5, tuple(range(5))), ("val", "v2", 10, tuple(range(10))),
+        ("test", "v1s", 5, tuple(range(5))), ("test", "v1m", 5, tuple(range(5))), ("test", "v2", 10, tuple(range(10)))]
     v2 = clips["syn_train_0002"]
     assert v2.frame_paths[9] == avss_tree / "v2" / "syn_train_0002" / "frames" / "9.jpg"
     assert v2.mask_paths[3] == avss_tree / "v2" / "syn_train_0002" / "labels_rgb" / "3.png"
@@ -64,8 +67,8 @@ def test_reader_on_generated_tree(avss_tree):
     got = np.stack([read_colour_label(p, num_classes=7) for p in v2.mask_paths])
     np.testing.assert_array_equal(got, want)
     assert len(np.unique(got)) > 1
-    assert [c.id for c in load_clips(avss_tree, "avss", avss_parts="v2,v1m")] == [
-        "syn_train_0001", "syn_train_0002", "syn_val_0001", "syn_val_0002"]
+    assert [c.id for c in load_clips(avss_tree, "avss", ["val"], avss_parts="v2,v1m")] == [
+        "syn_val_0001", "syn_val_0002"]
     with pytest.raises(DataError, match="v3"):
         load_clips(avss_tree, "avss", avss_parts="v3")
 
