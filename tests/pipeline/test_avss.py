@@ -11,14 +11,17 @@ from click.testing import CliRunner
 
 from stbava.cache import open_cache
 from stbava.cli import main
-from stbava.config import Config
+from stbava.config import FUSIONS, Config, config_from_dict
 from stbava.data.clips import load_clips
 from stbava.data.synthetic_avss import write_synthetic_avss
 from stbava.losses import masked_ce
 from stbava.metrics import SemanticAccumulator
+from stbava.model.build import build_model
 from stbava.model.semantic import SemanticAVSModel
 from stbava.pipeline.core.net import Net
 from stbava.pipeline.core.sources import CachedEmbedder, CachedSource, collate
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _run(*args: object) -> str:
@@ -109,3 +112,26 @@ def test_collate_keeps_frame_valid():
     items = [{"clip_id": "a", "masks": torch.zeros(2, 1, 1, dtype=torch.long), "mask_valid": torch.ones(2).bool(),
               "frame_valid": torch.tensor([True, False])}]
     assert collate(items).inputs()["frame_valid"].tolist() == [[True, False]]
+
+
+TINY_OPTIONS = {"stbava": {"depth": 1, "heads": 2, "mlp_dim": 16}, "han": {"depth": 1, "dim_feedforward": 16},
+                "cmran": {"encoder_layers": 1, "dim_feedforward": 16}, "jca": {"depth": 1, "frames": 2},
+                "tpavi": {}, "none": {}}
+
+
+def test_every_fusion_module_gives_class_log_probs():
+    """The semantic head sits on every fusion module (and build_model picks it for subset avss)."""
+    assert set(TINY_OPTIONS) == set(FUSIONS)
+    g = torch.Generator().manual_seed(0)
+    image, audio = torch.randn(1, 2, 256, 4, 4, generator=g), torch.randn(1, 2, 128, generator=g)
+    for fusion, options in TINY_OPTIONS.items():
+        torch.manual_seed(0)
+        model = SemanticAVSModel(num_classes=4, fusion=fusion, grid=4, img_size=16, mask_size=8, **options).eval()
+        with torch.no_grad():
+            lp = model(image, audio)
+        assert lp.shape == (1, 2, 4, 8, 8) and torch.isfinite(lp).all(), fusion
+        torch.testing.assert_close(lp.exp().sum(2), torch.ones(1, 2, 8, 8), atol=1e-5, rtol=0)
+    cfg = config_from_dict({"subset": "avss", "frames": 10, "num_classes": 4, "model": {"fusion": "none"}})
+    built = build_model(cfg, grid=4, img_size=16)
+    assert isinstance(built, SemanticAVSModel) and built.num_classes == 4
+    assert any(n.startswith("class_head.") for n, _ in built.named_parameters())
