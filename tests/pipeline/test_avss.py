@@ -135,3 +135,14 @@ def test_every_fusion_module_gives_class_log_probs():
     built = build_model(cfg, grid=4, img_size=16)
     assert isinstance(built, SemanticAVSModel) and built.num_classes == 4
     assert any(n.startswith("class_head.") for n, _ in built.named_parameters())
+
+
+def test_binary_only_commands_refuse_an_avss_checkpoint(avss_run):
+    from stbava.checkpoint import CheckpointFormatError
+    from stbava.pipeline.predict.windows import load_predictor
+
+    with pytest.raises(CheckpointFormatError, match="semantic"):
+        load_predictor(avss_run["run"] / "best.pt", device="cpu")
+    res = CliRunner().invoke(main, ["eval", "--checkpoint", str(avss_run["run"]), "--cache", str(avss_run["cache"]),
+                                    "--data-root", str(avss_run["data"]), "--split", "train", "--overlays", "1"])
+    assert res.exit_code != 0 and "not available for subset avss" in res.output
