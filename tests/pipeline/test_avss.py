@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -12,7 +13,7 @@ from click.testing import CliRunner
 from stbava.cache import open_cache
 from stbava.cli import main
 from stbava.config import FUSIONS, Config, config_from_dict
-from stbava.data.clips import load_clips
+from stbava.data.clips import DataError, load_clips
 from stbava.data.synthetic_avss import write_synthetic_avss
 from stbava.losses import masked_ce
 from stbava.metrics import SemanticAccumulator
@@ -56,6 +57,9 @@ def test_cache_pads_short_clips_with_zero_frames(avss_run):
     assert item["frame_valid"].tolist() == [True] * 5 + [False] * 5
     assert item["mask_valid"].tolist() == [True] + [False] * 9  # v1s train: frame 0 only
     assert item["masks"].dtype == torch.int64 and 0 < int(item["masks"][0].max()) < 7
+    short = dataclasses.replace(clips["syn_train_0000"], frame_paths=clips["syn_train_0000"].frame_paths[:3])
+    with pytest.raises(DataError, match="3 frames in the metadata but more in the cache"):
+        CachedSource(avss_run["cache"], 10).dataset([short])[0]
 
 
 def test_eval_writes_the_semantic_report(avss_run):

@@ -140,6 +140,9 @@ class CachedClips(Dataset):
                 "masks": torch.from_numpy(masks), "mask_valid": torch.from_numpy(valid)}
         if clip.subset == "avss":
             item["frame_valid"] = frame_valid(clip, self.frames)
+            if np.any(image[clip.num_frames:]):  # extraction stores zero frames after a clip's own
+                raise DataError(f"cache {self.cache_path}: clip {clip.id} has {clip.num_frames} frames in the "
+                                f"metadata but more in the cache; rebuild the cache from this data")
         return item
 
 
