@@ -88,11 +88,11 @@ extract-features: setup
 	  --frames-per-forward $(FPF) --device $(DEVICE) $(EXTRA)
 
 train-fusion: setup
-	$(LAUNCH) train-fusion --cache $(CACHE) --data-root $(DATA) --subset $(SUBSET) --config $(CONFIG) --run-dir $(RUN) \
+	$(LAUNCH) train-fusion --cache $(CACHE) --data-root $(DATA) --subset $(SUBSET) --config $(CONFIG) --out $(RUN) \
 	  --weights-dir $(WEIGHTS) --device $(DEVICE) $(EXTRA)
 
 finetune-adapters: setup
-	$(LAUNCH) finetune-adapters --data-root $(DATA) --subset $(SUBSET) --init $(RUN) --run-dir $(ADAPTER_RUN) \
+	$(LAUNCH) finetune-adapters --data-root $(DATA) --subset $(SUBSET) --init $(RUN) --out $(ADAPTER_RUN) \
 	  --weights-dir $(WEIGHTS) --device $(DEVICE) $(EXTRA)
 
 eval: setup

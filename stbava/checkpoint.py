@@ -108,7 +108,7 @@ def check_compatible(payload: dict[str, Any], cfg: Config, fingerprint: dict[str
             diffs.append(f"frames: {saved.frames} != {cfg.frames}")
         raise CheckpointFormatError(
             f"{payload['path']}: made with another model config ({'; '.join(diffs)}); use the matching --config, "
-            "or start a new --run-dir"
+            "or start a new --out folder"
         )
     require_same_encoders(
         payload.get("fingerprint"), fingerprint, subject=f"checkpoint {payload['path']} was trained on",

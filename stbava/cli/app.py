@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from stbava.cli.group import cli_errors, main
+from stbava.cli.options import device_option, verbosity_options
 from stbava.cli.weights import weight_options, weight_search
 
 
@@ -19,7 +20,8 @@ from stbava.cli.weights import weight_options, weight_search
               help="Each request's outputs go to a new folder made inside it (default: a new temporary folder); "
                    "that folder is removed when the app closes.")
 @weight_options
-@click.option("--device", default="auto", show_default=True)
+@device_option
+@verbosity_options
 def app_cmd(checkpoint, port, host, examples, work_dir, sam_checkpoint, vggish_checkpoint, vggish_pca, weights_dir,
             device):
     """Open a local web page: upload a video, watch its overlay with sound, download the masks."""

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from stbava.cli.group import cli_errors, main
+from stbava.cli.options import device_option, progress_option, seed_option, verbosity_options
 
 
 @main.command("extract-features")
@@ -30,26 +31,27 @@ from stbava.cli.group import cli_errors, main
 @click.option("--frames-per-forward", default=0, show_default=True,
               help="Frames per image-encoder forward; 0 = as many as fit in half the free memory. Measured peak "
                    "per frame on CPU (fp32): tiny 6 MiB, vit_b 1.75 GiB; vit_h about 2.4 GiB (estimate).")
-@click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda")
+@device_option
 @click.option("--amp", default="off", show_default=True, type=click.Choice(["off", "bf16"]),
               help="bf16 autocast for the image encoder (CUDA only).")
 @click.option("--store-log-mel", is_flag=True, help="Also cache the [T,1,96,64] VGGish input examples.")
-@click.option("--seed", default=0, show_default=True, help="Seed of the random encoder init (no checkpoint).")
+@seed_option
 @click.option("--frames", default=5, show_default=True, help="Frames per clip (avss: always 10, padded).")
 @click.option("--avss-labels", default="v1s,v1m,v2", show_default=True, help="AVSS only: the label sets to extract.")
 @click.option("--num-workers", default=2, show_default=True, help="DataLoader workers decoding frames and wavs.")
 @click.option("--codec", default=None, help="Codec of a new store (zarr: blosc-lz4|none|blosc-zstd|zstd; "
                                            "hdf5: none|lzf|gzip); backend default when absent.")
-@click.option("--no-progress", is_flag=True, help="No progress bar.")
+@progress_option
 @click.option("--verify", is_flag=True, help="Read back every done clip first; re-extract those that no longer decode.")
 @click.option("--sdpa/--no-sdpa", default=None,
               help="Fused SDPA attention in the image encoder (exact rel-pos bias); default: on. Recorded: a "
                    "resumed run must use the same setting (and --amp).")
+@verbosity_options
 def extract_features_cmd(data_root: Path, subset: str, cache_path: Path, backend: str, encoder: str,
                          sam_checkpoint: Path | None, vggish_checkpoint: Path | None, vggish_pca: Path | None,
                          splits: tuple[str, ...], batch_size: int, frames_per_forward: int, device: str, amp: str,
                          store_log_mel: bool,
-                         seed: int, frames: int, num_workers: int, codec: str | None, no_progress: bool,
+                         seed: int | None, frames: int, num_workers: int, codec: str | None, progress: bool,
                          verify: bool, sdpa: bool | None, avss_labels: str) -> None:
     """Encode every clip once with the frozen SAM image encoder and VGGish into a feature cache (resumable)."""
     from stbava.config import EncoderConfig
@@ -59,11 +61,11 @@ def extract_features_cmd(data_root: Path, subset: str, cache_path: Path, backend
         return None if p is None else str(p)
 
     enc = EncoderConfig(name=encoder, sam_checkpoint=opt(sam_checkpoint), vggish_checkpoint=opt(vggish_checkpoint),
-                        vggish_pca=opt(vggish_pca), seed=seed)
+                        vggish_pca=opt(vggish_pca), seed=0 if seed is None else seed)
     with cli_errors():
         s = run_extraction(data_root, subset, cache_path, backend, enc, splits=splits or None, batch_size=batch_size,
                            device=device, amp=amp, frames=frames, store_log_mel=store_log_mel,
-                           progress=not no_progress, num_workers=num_workers, codec=codec, verify=verify,
+                           progress=progress, num_workers=num_workers, codec=codec, verify=verify,
                            sdpa=sdpa, frames_per_forward=frames_per_forward, avss_parts=avss_labels)
     from stbava.pipeline.core.distributed import dist_info
 

@@ -28,8 +28,13 @@ def cli_errors() -> Iterator[None]:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
-@click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
+@click.option("-v", "--verbose", is_flag=True, help="Debug logging (every command also takes -v / -q).")
 @click.version_option(package_name="stbava")
 def main(verbose: bool) -> None:
-    """SAM + ST-BAVA audio-visual segmentation: extract once, train fast, evaluate exactly."""
+    """SAM + ST-BAVA audio-visual segmentation: extract once, train fast, evaluate exactly.
+
+    Options that several commands take mean the same on each: -v/--verbose and -q/--quiet (that command's
+    logging; -q also hides progress bars), --progress/--no-progress (every long-running command), --device,
+    --seed, --out (the output folder or file) and --set KEY=VALUE (any config field).
+    """
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")

@@ -5,11 +5,13 @@ from __future__ import annotations
 import click
 
 from stbava.cli.group import cli_errors, main
+from stbava.cli.options import out_file_option, verbosity_options
 
 
 @main.command("plot")
 @click.argument("run_dirs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
-@click.option("--out", required=True, type=click.Path(dir_okay=False), help="PNG to write, e.g. curves.png.")
+@out_file_option("the PNG to write, e.g. curves.png.")
+@verbosity_options
 def plot_cmd(run_dirs, out):
     """Loss and validation mIoU / F per epoch, every RUN_DIR on one figure."""
     from stbava.pipeline.predict.plot import plot_runs

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from stbava.cli.group import cli_errors, main
+from stbava.cli.options import device_option, out_dir_option, progress_option, verbosity_options
 from stbava.cli.weights import weight_options, weight_search
 
 
@@ -18,9 +19,8 @@ from stbava.cli.weights import weight_options, weight_search
                    "of videos when most of its media files are videos, else a folder of frames; a warning names "
                    "the files not used.")
 @click.option("--audio", type=click.Path(exists=True, dir_okay=False), default=None, help="Wav for a frames folder.")
-@click.option("--out", required=True, type=click.Path(file_okay=False),
-              help="masks/, the overlay video and summary.json go here, once an input has succeeded (a failed "
-                   "input leaves nothing).")
+@out_dir_option("masks/, the overlay video and summary.json go here, once an input has succeeded (a failed "
+                "input leaves nothing).")
 @click.option("--start", type=float, default=0.0, show_default=True,
               help="Seconds into the input to begin at (>= 0; from the earliest start of its video and audio).")
 @click.option("--duration", type=float, default=None, help="Seconds to process from --start (> 0; default: to the "
@@ -32,8 +32,9 @@ from stbava.cli.weights import weight_options, weight_search
               "many pixels, at least 2 (default: the input's resolution).")
 @click.option("--gif", is_flag=True, help="Write overlay.gif (one frame per mask step, no sound) instead of overlay.mp4.")
 @weight_options
-@click.option("--device", default="auto", show_default=True)
-@click.option("--progress/--no-progress", default=True, show_default=True, help="A progress bar over windows.")
+@device_option
+@progress_option
+@verbosity_options
 def predict_cmd(checkpoint, input_path, audio, out, start, duration, temporal_stride, max_side, gif, sam_checkpoint,
                 vggish_checkpoint, vggish_pca, weights_dir, device, progress):
     """Segment the sounding objects of your own video and write an overlay video with its sound."""

@@ -7,14 +7,23 @@ from pathlib import Path
 import click
 
 from stbava.cli.group import cli_errors, main
+from stbava.cli.options import (
+    device_option,
+    out_dir_option,
+    out_file_option,
+    progress_option,
+    seed_option,
+    set_option,
+    verbosity_options,
+)
 from stbava.cli.weights import weight_options, weight_search
 from stbava.config import FUSIONS
 
 
 def _train_overrides(epochs, batch_size, lr, depth, seed, max_steps, num_workers, spatial_mode, temporal,
                      bidirectional, fusion, sets) -> dict:
-    """CLI flags -> nested config overrides (only the flags actually given)."""
-    from stbava.config import deep_update, parse_override
+    """CLI flags -> nested config overrides (only the flags actually given); ``sets`` (from --set) win."""
+    from stbava.config import deep_update
 
     o: dict = {"train": {}, "model": {}}
     for key, val in (("epochs", epochs), ("batch_size", batch_size), ("lr", lr), ("seed", seed),
@@ -25,9 +34,7 @@ def _train_overrides(epochs, batch_size, lr, depth, seed, max_steps, num_workers
                      ("bidirectional", bidirectional), ("fusion", fusion)):
         if val is not None:
             o["model"][key] = val
-    for s in sets:
-        deep_update(o, parse_override(s))
-    return o
+    return deep_update(o, sets)
 
 
 def _echo_train_summary(summary: dict) -> None:
@@ -43,10 +50,10 @@ def train_options(f):
     opts = [
         click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False), default=None,
                      help="YAML overrides (configs/s4.yaml, configs/ms3.yaml, ...)."),
-        click.option("--run-dir", required=True, type=click.Path(file_okay=False), help="Checkpoints + metrics go here."),
+        out_dir_option("checkpoints, config.yaml and metrics.jsonl of the run.", alias="--run-dir", dest="run_dir"),
         click.option("--epochs", type=int, default=None), click.option("--batch-size", type=int, default=None),
         click.option("--lr", type=float, default=None), click.option("--depth", type=int, default=None),
-        click.option("--seed", type=int, default=None),
+        seed_option,
         click.option("--max-steps", type=int, default=None, help="Stop after N optimiser steps."),
         click.option("--num-workers", type=int, default=None, help="DataLoader workers."),
         click.option("--spatial-mode", type=click.Choice(["reference", "paper"]), default=None),
@@ -55,9 +62,9 @@ def train_options(f):
         click.option("--fusion", type=click.Choice(FUSIONS), default=None,
                      help="Fusion module (thesis Table 6.2); none = decoder-only baseline. Default: the config's "
                           "(stbava)."),
-        click.option("--set", "sets", multiple=True, help="Any config field, e.g. --set train.amp=off."),
-        click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N"),
-        click.option("--resume/--no-resume", default=True, show_default=True, help="Continue from RUN_DIR/last.pt."),
+        set_option, device_option,
+        click.option("--resume/--no-resume", default=True, show_default=True, help="Continue from OUT/last.pt."),
+        progress_option, verbosity_options,
     ]
     for o in reversed(opts):
         f = o(f)
@@ -77,7 +84,7 @@ def train_options(f):
 @train_options
 def train_fusion_cmd(cache, data_root, subset, sam_checkpoint, weights_dir, config_path, run_dir, epochs, batch_size,
                      lr, depth, seed, max_steps, num_workers, spatial_mode, temporal, bidirectional, fusion, sets,
-                     device, resume):
+                     device, resume, progress):
     """Stage two: train a fusion module (ST-BAVA by default) + SAM's mask decoder on cached embeddings (never
     runs an encoder)."""
     from stbava.cli.weights import weight_search
@@ -92,18 +99,19 @@ def train_fusion_cmd(cache, data_root, subset, sam_checkpoint, weights_dir, conf
             if subset == "avss" and "frames" not in o:
                 o["frames"] = 10  # every AVSS clip is padded to 10 frames
         cfg = load_config(config_path, o)
-        summary = train_fusion(cfg, cache, data_root, run_dir, device=device, resume=resume,
+        summary = train_fusion(cfg, cache, data_root, run_dir, device=device, resume=resume, progress=progress,
                                search=weight_search(sam_checkpoint, None, None, weights_dir))
     _echo_train_summary(summary)
 
 
 @main.command("import-official")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False))
-@click.option("--out", required=True, type=click.Path(dir_okay=False), help="stbava checkpoint to write.")
+@out_file_option("the stbava checkpoint to write.")
 @click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False), default=None)
 @click.option("--subset", type=click.Choice(["s4", "ms3"]), default=None)
 @click.option("--encoder", type=click.Choice(["vit_h", "vit_l", "vit_b", "tiny"]), default="vit_h", show_default=True)
 @weight_options
+@verbosity_options
 def import_official_cmd(file, out, config_path, subset, encoder, sam_checkpoint, vggish_checkpoint, vggish_pca,
                         weights_dir):
     """Convert a published ST-BAVA Decoder.state_dict() (and its adapters) into a stbava checkpoint.
@@ -134,7 +142,7 @@ def import_official_cmd(file, out, config_path, subset, encoder, sam_checkpoint,
 def finetune_adapters_cmd(data_root, subset, init, sam_checkpoint, vggish_checkpoint, vggish_pca, weights_dir,
                           no_grad_checkpointing, train_fusion, config_path, run_dir, epochs, batch_size, lr, depth,
                           seed, max_steps, num_workers, spatial_mode, temporal, bidirectional, fusion, sets, device,
-                          resume):
+                          resume, progress):
     """Stage three: fine-tune audio adapters in the image encoder (+ mask decoder) from raw frames."""
     import yaml
 
@@ -153,6 +161,6 @@ def finetune_adapters_cmd(data_root, subset, init, sam_checkpoint, vggish_checkp
             o["train"]["train_fusion"] = train_fusion
         if subset:
             o["subset"] = subset
-        summary = finetune_adapters(init, data_root, run_dir, o, device=device, resume=resume,
+        summary = finetune_adapters(init, data_root, run_dir, o, device=device, resume=resume, progress=progress,
                                     search=weight_search(sam_checkpoint, vggish_checkpoint, vggish_pca, weights_dir))
     _echo_train_summary(summary)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from stbava.cli.group import cli_errors, main
+from stbava.cli.options import device_option, out_file_option, progress_option, seed_option, verbosity_options
 
 
 @main.command("zero-shot")
@@ -17,10 +18,12 @@ from stbava.cli.group import cli_errors, main
               help="Points (one prompt set) or boxes (one set each) of the 1 or 3 largest GT regions.")
 @click.option("--sam-checkpoint", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Official SAM weights (prompt_encoder.*, mask_decoder.*); without it: random init from --seed.")
-@click.option("--out", type=click.Path(dir_okay=False), default=None, help="JSON report path (eval's keys).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Random prompt points; random SAM init.")
-@click.option("--device", default="auto", show_default=True)
-def zero_shot_cmd(cache, data_root, subset, split, prompt, sam_checkpoint, out, seed, device):
+@out_file_option("the JSON report, eval's keys (optional).", required=False)
+@seed_option
+@device_option
+@progress_option
+@verbosity_options
+def zero_shot_cmd(cache, data_root, subset, split, prompt, sam_checkpoint, out, seed, device, progress):
     """Score SAM's own decoder on cached embeddings, prompted from each frame's GT mask (eval's metrics).
 
     An empty GT mask gets no prompt and an empty prediction (IoU 1); the report also gives mIoU / F over the
@@ -30,7 +33,8 @@ def zero_shot_cmd(cache, data_root, subset, split, prompt, sam_checkpoint, out, 
 
     with cli_errors():
         result, report = run_zero_shot(cache, data_root, subset, split, prompt, sam_checkpoint=sam_checkpoint,
-                                       out=out, seed=seed, device=device)
+                                       out=out, seed=0 if seed is None else seed, device=device,
+                                       progress=progress)
     click.echo(f"{'subset':<8}{'split':<7}{'prompt':<8}{'clips':>6}{'mIoU':>9}{'F-score':>9}")
     click.echo(f"{subset:<8}{split:<7}{prompt:<8}{result.n_clips:>6}{result.miou:>9.4f}{result.fscore:>9.4f}")
     click.echo(_nonempty_line(report))

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import os
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -28,10 +29,13 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from tqdm.auto import tqdm
 
 from stbava.atomic import atomic_write_text
 from stbava.data.clips import SPLITS, SUBSETS, DataError, csv_name, subset_dir_name
 from stbava.data.synthetic_audio import HEARING, RULES, SAMPLE_RATE, SEGMENT_SECONDS, draw_schedule, mix
+
+log = logging.getLogger(__name__)
 
 __all__ = ["CLASSES", "RULES", "SEGMENT_SECONDS", "TRUTH_FILE", "SynthClip", "render_clip", "write_synthetic"]
 
@@ -223,7 +227,7 @@ def _write_clip(root: Path, subset: str, split: str, vid: str, clip: SynthClip) 
 
 
 def write_synthetic(out: str | Path, subset: str, clips_per_split: int | Mapping[str, int], seed: int,
-                    frames: int = 5, rules: str = "temporal") -> Path:
+                    frames: int = 5, rules: str = "temporal", progress: bool = False) -> Path:
     """Write a synthetic dataset in the exact AVSBench layout (REFERENCE §1) under ``out``.
 
     Files: the metadata CSV, 224x224 RGB PNG frames, 16 kHz int16 mono wav of ``frames`` seconds, and
@@ -239,6 +243,7 @@ def write_synthetic(out: str | Path, subset: str, clips_per_split: int | Mapping
         seed: base seed; clip i of split s uses ``default_rng([seed, subset, s, i])``.
         frames: frames (and seconds of audio) per clip.
         rules: who sounds when, 'temporal' or 'independent' (``synthetic_audio``).
+        progress: a tqdm bar over the clips written (stderr).
 
     Returns:
         The subset root (``out/Single-source`` or ``out/Multi-sources``), usable as ``--data-root``.
@@ -256,7 +261,9 @@ def write_synthetic(out: str | Path, subset: str, clips_per_split: int | Mapping
         return _write_clip(root, subset, split, f"syn_{split}_{i:04d}", render_clip(rng, subset, frames, rules))
 
     with ThreadPoolExecutor(max_workers=min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 2)) as ex:
-        written = list(ex.map(job, jobs))
+        written = list(tqdm(ex.map(job, jobs), total=len(jobs), desc="synth", unit="clip", disable=not progress,
+                            leave=False))
+    log.info("wrote %d synthetic %s clips (%s rules, seed %d) under %s", len(jobs), subset, rules, seed, root)
     rows = [row for row, _ in written]
     truth = {"rules": rules, "seed": seed, "clips": {row[0]: t for row, t in written}}
     atomic_write_text(root / TRUTH_FILE, json.dumps(truth) + "\n")

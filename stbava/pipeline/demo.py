@@ -68,7 +68,8 @@ def run_demo(out: str | Path, *, config: str | Path | None = None, clips: tuple[
     timings: dict[str, float] = {}
     data_root = out / "data"
     if not (data_root / "Multi-sources" / "ms3_meta_data.csv").exists():
-        write_synthetic(data_root, "ms3", {"train": clips[0], "val": clips[1], "test": clips[2]}, seed)
+        write_synthetic(data_root, "ms3", {"train": clips[0], "val": clips[1], "test": clips[2]}, seed,
+                        progress=progress)
     timings["synth_s"] = time.perf_counter() - t0
     cache = out / "cache" / "ms3.zarr"
     t = time.perf_counter()

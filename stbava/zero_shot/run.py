@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 from PIL import Image
+from tqdm.auto import tqdm
 
 from stbava.atomic import atomic_write_text
 from stbava.data.clips import Clip, DataError, load_clips
@@ -141,8 +142,10 @@ def cache_sam_file(reader: Any, sam_checkpoint: str | Path | None) -> str | None
 
 def run_zero_shot(cache: str | Path, data_root: str | Path, subset: str, split: str, prompt: str, *,
                   sam_checkpoint: str | Path | None = None, out: str | Path | None = None, seed: int = 0,
-                  device: str = "auto") -> tuple[EvalResult, dict[str, Any]]:
+                  device: str = "auto", progress: bool = True) -> tuple[EvalResult, dict[str, Any]]:
     """Prompt SAM from the GT masks of every clip of ``split``; write ``eval``'s report to ``out``.
+
+    ``progress``: a tqdm bar over the clips (stderr).
 
     Raises:
         DataError: unknown prompt, no clips, or clips missing from the cache.
@@ -166,7 +169,7 @@ def run_zero_shot(cache: str | Path, data_root: str | Path, subset: str, split: 
     model, weights = build_zero_shot_sam(sam_checkpoint, **model_geometry(encoder), seed=seed)
     model.to(dev)
     scores = ZeroShotScores()
-    for clip in clips:
+    for clip in tqdm(clips, desc=f"zero-shot {prompt}", unit="clip", disable=not progress, leave=False):
         masks_np, valid_np = load_masks(clip, reader.frames)
         masks, valid = torch.from_numpy(masks_np), torch.from_numpy(valid_np)
         if not valid.any():

@@ -1,7 +1,8 @@
-"""Helpers of the predict and app tests: a tiny, freshly built stage-two checkpoint."""
+"""Helpers of the predict and app tests: a tiny, freshly built stage-two checkpoint, a free port."""
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import torch
@@ -27,6 +28,13 @@ def tiny_checkpoint(path: Path, empty_masks: bool = False) -> Path:
     save_checkpoint(path, kind="fusion", cfg=cfg, weights=weights,
                     fingerprint=encoder_fingerprint(cfg.encoder, cfg.frames))
     return path
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now (for the app tests' servers)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def shade(j: int) -> int:

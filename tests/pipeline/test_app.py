@@ -4,7 +4,6 @@ its work dir is gone once it closes."""
 from __future__ import annotations
 
 import json
-import socket
 import zipfile
 from pathlib import Path
 
@@ -12,14 +11,9 @@ import av
 import numpy as np
 import pytest
 from PIL import Image
+from predict_helpers import free_port
 
 from stbava.testing import write_test_video
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _frames_and_audio(path: str | Path) -> tuple[int, float]:
@@ -39,7 +33,7 @@ def test_gradio_client_round_trip(ckpt, tmp_path, monkeypatch):
     from stbava.pipeline.predict.app import API_NAME, launch_app
 
     video = write_test_video(tmp_path / "clip.mp4", 3, fps=8, size=(80, 64))
-    port = _free_port()
+    port = free_port()
     app = launch_app(ckpt, port=port, work_dir=tmp_path / "work", device="cpu", block=False)
     try:
         client = Client(f"http://127.0.0.1:{port}/", verbose=False, download_files=str(tmp_path / "got"))

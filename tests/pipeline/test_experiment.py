@@ -327,3 +327,43 @@ def test_shipped_specs_load(path):
         assert variant_config(spec, v, seed=0).subset in ("ms3", "avss")
     name = path.name.removeprefix("demo_")
     assert (path.parent / name).is_file() and (path.parent / f"demo_{name}").is_file()
+
+
+def test_set_wins_over_the_spec_and_the_stage_three_recipe(data, tmp_path):
+    """``--set`` goes on top of a variant's config and of stage three's recipe (epochs 15) and of the spec's
+    own finetune overrides (the shipped demo_table6_3's max_steps 10); it is recorded in the run's key."""
+    from stbava.pipeline.experiment.runner import Context, run_key
+
+    extra = {"train": {"epochs": 1, "max_steps": 1}, "encoder": {"seed": 0}}
+    ctx = Context(data["cache"], data["data"], tmp_path, "test", "cpu", False, extra)
+    tuned = load_spec(write_spec(tmp_path / "ft.yaml", {"base": BASE, "variants": [
+        {"name": "tuned", "finetune": {"train.lr": 0.5}}]}))
+    key = run_key(tuned, tuned.variants[0], 0, ctx)
+    assert key["finetune_resolved"]["train"]["epochs"] == 1  # the recipe alone gives 15 (test above)
+    assert key["finetune_resolved"]["train"]["lr"] == 0.5 and key["set"] == extra
+    shipped = load_spec(ROOT / "configs/experiments/demo_table6_3.yaml")
+    full = next(v for v in shipped.variants if v.name == "full")
+    assert full.finetune["train"]["max_steps"] == 10
+    resolved = run_key(shipped, full, 0, ctx)
+    assert resolved["config"]["train"]["max_steps"] == resolved["finetune_resolved"]["train"]["max_steps"] == 1
+    with pytest.raises(ConfigError, match="--seeds"):
+        run_experiment(tuned.path, data["cache"], data["data"], tmp_path, seeds=(0,), device="cpu",
+                       progress=False, extra={"train": {"seed": 3}})
+
+
+def test_a_one_step_smoke_run_of_a_shipped_spec_and_another_set_is_not_reused(data, tmp_path):
+    """The shipped demo_temporal spec (12 epochs of configs/demo.yaml) cut to one step per run by --set."""
+    spec = ROOT / "configs/experiments/demo_temporal.yaml"
+    args = ["experiment", str(spec), "--cache", str(data["cache"]), "--data-root", str(data["data"]), "--out",
+            str(tmp_path / "S"), "--seeds", "0", "--device", "cpu", "--no-progress", "--set", f"frames={FRAMES}",
+            "--set", "train.epochs=1"]
+    res = CliRunner().invoke(main, [*args, "--set", "train.max_steps=1"], catch_exceptions=False)
+    assert res.exit_code == 0 and "2 runs done, 0 refused, 0 failed" in res.output, res.output
+    for name in ("full", "no_temporal"):
+        run = tmp_path / "S" / "runs" / name / "seed0"
+        assert json.loads((run / "train.json").read_text())["fusion"]["summary"]["steps"] == 1
+        assert json.loads((run / "experiment.json").read_text())["config"]["train"]["epochs"] == 1  # not 12
+    again = CliRunner().invoke(main, [*args, "--set", "train.max_steps=2"], catch_exceptions=False)
+    assert again.exit_code == 1 and "0 runs done, 2 refused" in again.output
+    results = json.loads((tmp_path / "S" / "results.json").read_text())
+    assert "set.train.max_steps: 1 -> 2" in _row(results, "full")["refused"][0]["error"]

@@ -17,7 +17,7 @@ from stbava.pipeline.train.batches import epoch_batches
 from stbava.pipeline.train.loop import fit, trainable_predicate
 from stbava.pipeline.train.stage2 import FUSION_PREFIXES
 
-T, G = 3, 16  # frames per clip, embedding grid of the tiny encoder
+T, G = 2, 16  # frames per clip (2 keep the temporal path at the least compute), grid of the tiny encoder
 
 
 class RandomClips(Dataset):
@@ -98,8 +98,10 @@ def test_one_step_changes_exactly_the_trainable_parameters(tmp_path):
         assert torch.equal(before[k], v), f"buffer {k} changed"
 
 
-@pytest.mark.parametrize("schedule", [{}, {"lr_schedule": "cosine", "warmup_steps": 2}])
-def test_resume_is_exact(tmp_path, schedule):
+def test_resume_is_exact(tmp_path):
+    """Stopped in epoch 2 and resumed: the same weights and losses as a straight run. The cosine schedule with
+    warm-up is the case that carries state (the step count decides the lr); a fixed lr resumes the same way."""
+    schedule = {"lr_schedule": "cosine", "warmup_steps": 2}
     data = RandomClips(6, 1)
     cfg = _cfg(epochs=2, batch_size=2, **schedule)  # 3 steps per epoch, 6 steps total
     straight = build_fusion_net(cfg)

@@ -252,7 +252,7 @@ ERRORS = [
     Case("cache-of-another-encoder-extract", _cache_other_encoder_extract, "choose another --cache path"),
     Case("cache-of-another-encoder-eval", _cache_other_encoder_eval, "evaluate it against the cache it was trained on"),
     Case("cache-truncated-chunk", _cache_truncated_chunk, "stbava extract-features"),
-    Case("checkpoint-of-another-config", _checkpoint_other_config, "start a new --run-dir"),
+    Case("checkpoint-of-another-config", _checkpoint_other_config, "start a new --out folder"),
     Case("checkpoint-cut-short-eval", _checkpoint_cut_short_eval, "retrain", subprocess=True),
     Case("checkpoint-cut-short-resume", _checkpoint_cut_short_resume, "--no-resume"),
 ]

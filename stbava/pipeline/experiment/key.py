@@ -45,11 +45,17 @@ def data_identity(data_root: str | Path, subset: str) -> dict[str, Any]:
 
 
 def train_key(cfg: Config, variant: str, seed: int, finetune: Mapping[str, Any] | None,
-              finetune_cfg: Config | None, cache: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
-    """Everything the training of one variant x seed depends on (JSON-able)."""
-    return {"variant": variant, "seed": seed, "config": cfg.to_dict(), "finetune": finetune,
-            "finetune_resolved": None if finetune_cfg is None else finetune_cfg.to_dict(),
-            "cache": cache, "data": data}
+              finetune_cfg: Config | None, cache: dict[str, Any], data: dict[str, Any],
+              sets: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Everything the training of one variant x seed depends on (JSON-able).
+
+    ``sets``: the experiment's ``--set`` overrides, recorded as given (only when there are some, so the key of
+    a run made without them stays what it was); their effect is in the resolved configs too.
+    """
+    key = {"variant": variant, "seed": seed, "config": cfg.to_dict(), "finetune": finetune,
+           "finetune_resolved": None if finetune_cfg is None else finetune_cfg.to_dict(),
+           "cache": cache, "data": data}
+    return {**key, "set": dict(sets)} if sets else key
 
 
 def _flat(d: Any, prefix: str = "") -> dict[str, Any]:

@@ -20,6 +20,7 @@ the others go on either way. Ctrl-C / SIGKILL stop the whole experiment, and the
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import logging
@@ -32,7 +33,7 @@ from typing import Any
 
 from stbava.atomic import atomic_write_text
 from stbava.checkpoint import read_checkpoint, trained_names
-from stbava.config import Config, ConfigError
+from stbava.config import Config, ConfigError, deep_update
 from stbava.encoders.weights import WeightSearch
 from stbava.pipeline.core.user_errors import USER_ERRORS
 from stbava.pipeline.experiment.key import cache_identity, claim_run_dir, data_identity, train_key
@@ -73,7 +74,7 @@ class Context:
     split: str
     device: str
     progress: bool
-    extra: dict[str, Any]  # config overrides applied to every run
+    extra: dict[str, Any]  # config overrides applied to every run (--set), stage three's recipe included
     search: WeightSearch | None = None  # where the encoders' weight files are looked for (stage three, eval)
     rerun_changed: bool = False  # a run folder made from other inputs is emptied and retrained (else refused)
     cache_id: dict[str, Any] = dataclasses.field(default_factory=dict)  # experiment_key.cache_identity
@@ -102,6 +103,17 @@ def trainable_params(checkpoints: Sequence[Path]) -> int | None:
     return sum(sizes.values())
 
 
+def stage_three_overrides(variant: Variant, extra: Mapping[str, Any]) -> dict[str, Any]:
+    """The variant's stage-three recipe with the experiment's overrides (``--set``) on top, so they win.
+
+    The ``encoder`` section is left out: stage three runs the encoders stage two was trained on, and refuses
+    an encoder section (:func:`stbava.pipeline.train.stage3.resolve_stage_three`); the rest of ``extra``
+    equals what stage two's checkpoint already holds or is a training field the recipe would otherwise set.
+    """
+    sets = {k: v for k, v in extra.items() if k != "encoder"}
+    return deep_update(copy.deepcopy(dict(variant.finetune or {})), copy.deepcopy(sets))
+
+
 def train_stages(cfg: Config, variant: Variant, run_dir: Path, ctx: Context) -> tuple[list[Path], float, bool]:
     """Stage two, then stage three when the variant asks; returns (best checkpoints, train seconds, resumed)."""
     from stbava.pipeline.train.stage2 import train_fusion
@@ -118,7 +130,8 @@ def train_stages(cfg: Config, variant: Variant, run_dir: Path, ctx: Context) -> 
             summary = train_fusion(cfg, ctx.cache, ctx.data_root, stage_dir, device=ctx.device,
                                    progress=ctx.progress, search=ctx.search)
         else:
-            summary = finetune_adapters(run_dir / "best.pt", ctx.data_root, stage_dir, variant.finetune or {},
+            summary = finetune_adapters(run_dir / "best.pt", ctx.data_root, stage_dir,
+                                        stage_three_overrides(variant, ctx.extra),
                                         device=ctx.device, progress=ctx.progress, search=ctx.search)
         record[kind] = {"summary": summary, "train_s": time.perf_counter() - t0, "resumed": resumed}
         _write_json(run_dir / "train.json", record)
@@ -144,10 +157,10 @@ def evaluate_run(best: Path, run_dir: Path, ctx: Context, shuffled: bool) -> dic
 def run_key(spec: Spec, variant: Variant, seed: int, ctx: Context) -> dict[str, Any]:
     """The training key of one variant x seed (:func:`.experiment_key.train_key`); resolves every config."""
     cfg = variant_config(spec, variant, seed, ctx.extra)
-    stage3 = None if variant.finetune is None else resolve_stage_three(cfg, variant.finetune,
-                                                                       f"variant {variant.name!r}")
+    stage3 = None if variant.finetune is None else resolve_stage_three(
+        cfg, stage_three_overrides(variant, ctx.extra), f"variant {variant.name!r}")
     return train_key(cfg, variant.name, seed, variant.finetune, stage3, ctx.cache_id,
-                     data_identity(ctx.data_root, cfg.subset))
+                     data_identity(ctx.data_root, cfg.subset), sets=ctx.extra)
 
 
 def run_one(spec: Spec, variant: Variant, seed: int, ctx: Context) -> RunResult:
@@ -192,9 +205,13 @@ def run_experiment(spec_path: str | Path, cache: str | Path, data_root: str | Pa
 
     Every run's config (and stage-three recipe) is resolved before anything trains, so a typo in the spec
     fails at once. Results are rewritten after each run, so a long experiment always has a current table.
-    ``rerun_changed``: retrain runs whose folder was made from other inputs (else they are refused).
+    ``extra``: config overrides (``--set``) on top of every variant's config and stage-three recipe; part
+    of every run's key. ``rerun_changed``: retrain runs whose folder was made from other inputs (else they are refused).
     """
     spec = load_spec(spec_path)
+    train_sets = (extra or {}).get("train")
+    if isinstance(train_sets, Mapping) and "seed" in train_sets:
+        raise ConfigError("--set train.seed is not for experiments: give the seeds with --seeds")
     if not seeds or len(set(seeds)) != len(seeds):
         raise ConfigError(f"seeds must be distinct and non-empty, got {list(seeds)}")
     ctx = Context(Path(cache), Path(data_root), Path(out), split, device, progress, dict(extra or {}), search,

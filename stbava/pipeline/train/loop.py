@@ -130,9 +130,9 @@ class Trainer:
             payload = read_checkpoint(self.last_path)
         except CheckpointFormatError as e:
             raise CheckpointFormatError(f"{e}; to go on, copy best.pt over last.pt (resumes from the best epoch), "
-                                        "or start over with --no-resume or a new --run-dir") from None
+                                        "or start over with --no-resume or a new --out folder") from None
         check_compatible(payload, self.cfg, self.stage.fingerprint)
-        load_strict(self.net, payload["weights"], f"{self.last_path} (start a new --run-dir if it is another run's)",
+        load_strict(self.net, payload["weights"], f"{self.last_path} (start a new --out folder if it is another run's)",
                     required=self.names)
         self.opt.load_state_dict(payload["state"]["optimizer"])
         torch.set_rng_state(payload["state"]["rng"])
