@@ -76,9 +76,10 @@ class SemanticAVSModel(AVSModel):
             image_embeddings=image.new_zeros(1, c, h, w), image_pe=pe,
             sparse_prompt_embeddings=prompts.sparse.reshape(b * t, -1, c),
             dense_prompt_embeddings=prompts.dense.reshape(b * t, c, h, w), multimask_output=True)
-        if self._tokens is None:
+        hs, self._tokens = self._tokens, None  # not kept between calls (it would hold the autograd graph)
+        if hs is None:
             raise RuntimeError("SAM's mask decoder did not run its transformer; cannot classify its masks")
-        tokens = self._tokens[:, 2:2 + self.MASKS]  # mask tokens 1..3 = the multimask outputs
+        tokens = hs[:, 2:2 + self.MASKS]  # mask tokens 1..3 = the multimask outputs
         x = F.interpolate(low_res, (self.img_size, self.img_size), mode="bilinear", align_corners=False)
         x = F.interpolate(x, (self.mask_size, self.mask_size), mode="bilinear", align_corners=False)
         return x, tokens, audio.reshape(b * t, -1)
