@@ -116,8 +116,10 @@ class TrainConfig:
 class Config:
     """Everything a run needs; written resolved into every run dir and checkpoint."""
 
-    subset: str = "ms3"  # s4 | ms3
-    frames: int = 5  # T, frames (and 0.96 s audio examples) per clip
+    subset: str = "ms3"  # s4 | ms3 | avss
+    frames: int = 5  # T, frames (and 0.96 s audio examples) per clip (avss: 10, shorter clips are padded)
+    num_classes: int = 71  # avss only: classes incl. background (label2idx.json's count; synthetic set: 7)
+    avss_labels: str = "v1s,v1m,v2"  # avss only: the label sets (parts) trained and evaluated on
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -252,8 +254,10 @@ def load_config(path: str | Path | None = None, overrides: Mapping[str, Any] | N
 
 def validate(cfg: Config) -> None:
     """Cross-field checks that types alone cannot express."""
-    if cfg.subset not in ("s4", "ms3"):
-        raise ConfigError(f"subset must be s4 or ms3, got {cfg.subset!r}")
+    if cfg.subset not in ("s4", "ms3", "avss"):
+        raise ConfigError(f"subset must be s4, ms3 or avss, got {cfg.subset!r}")
+    if cfg.subset == "avss":
+        _validate_avss(cfg)
     validate_encoder(cfg.encoder)
     if cfg.model.spatial_mode not in ("reference", "paper"):
         raise ConfigError(f"model.spatial_mode must be reference|paper, got {cfg.model.spatial_mode!r}")
@@ -278,6 +282,20 @@ def validate_encoder(enc: EncoderConfig) -> None:
     if not enc.high_res_features and enc.name not in SAM2_ENCODERS:
         raise ConfigError(f"encoder.high_res_features=false (--high-res-features off) is a SAM 2 setting; SAM's "
                           f"{enc.name} has no high-resolution levels: drop it or choose a SAM 2 encoder")
+
+
+def _validate_avss(cfg: Config) -> None:
+    """AVSS clips are padded to 10 frames (published MASK_NUM); its labels are class maps, not binary masks."""
+    if cfg.frames != 10:
+        raise ConfigError(f"subset avss pads every clip to 10 frames: set frames: 10 (got {cfg.frames}); "
+                          "configs/avss.yaml has it")
+    if not 2 <= cfg.num_classes <= 71:
+        raise ConfigError(f"num_classes must be in 2..71 (background + classes), got {cfg.num_classes}")
+    parts = [p.strip() for p in cfg.avss_labels.split(",") if p.strip()]
+    if not parts or any(p not in ("v1s", "v1m", "v2") for p in parts):
+        raise ConfigError(f"avss_labels must list v1s, v1m and/or v2, got {cfg.avss_labels!r}")
+    if cfg.train.gpu_resident:
+        raise ConfigError("train.gpu_resident holds binary masks only; set it false for subset avss")
 
 
 def _validate_fusion(m: ModelConfig) -> None:

@@ -25,11 +25,14 @@ from collections.abc import Iterable
 import numpy as np
 import torch
 
+from stbava.metrics_semantic import SemanticAccumulator
+
 __all__ = [
     "BETA2",
     "NUM_THRESHOLDS",
     "MetricAccumulator",
     "PooledMetrics",
+    "SemanticAccumulator",
     "f_curves",
     "f_score",
     "frame_ious",

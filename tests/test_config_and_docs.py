@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)
 def test_every_shipped_config_loads(path):
     cfg = load_config(path)
-    assert cfg.subset in ("s4", "ms3")
+    assert cfg.subset in ("s4", "ms3", "avss")
 
 
 def test_paper_recipes():

@@ -13,7 +13,7 @@ from stbava.cli.weights import weight_options, weight_search
 @click.option("--checkpoint", required=True, type=click.Path(exists=True), help="best.pt / last.pt or a run dir.")
 @click.option("--cache", type=click.Path(), default=None, help="Stage-one cache (stage-two checkpoints).")
 @click.option("--data-root", required=True, type=click.Path(exists=True, file_okay=False))
-@click.option("--subset", type=click.Choice(["s4", "ms3"]), default=None, help="Checked against the checkpoint.")
+@click.option("--subset", type=click.Choice(["s4", "ms3", "avss"]), default=None, help="Checked against the checkpoint.")
 @click.option("--split", type=click.Choice(["train", "val", "test"]), default="test", show_default=True)
 @out_file_option("the JSON report (optional).", required=False)
 @click.option("--save-masks", type=click.Path(file_okay=False), default=None, help="Write predicted mask PNGs here.")

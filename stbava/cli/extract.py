@@ -14,7 +14,7 @@ from stbava.config import SAM2_ENCODERS, SAM_ENCODERS
 @main.command("extract-features")
 @click.option("--data-root", required=True, type=click.Path(path_type=Path),
               help="AVSBench subset folder (holding the metadata CSV) or the avsbench_data folder above it.")
-@click.option("--subset", required=True, type=click.Choice(["s4", "ms3"]))
+@click.option("--subset", required=True, type=click.Choice(["s4", "ms3", "avss"]))
 @click.option("--cache", "cache_path", required=True, type=click.Path(path_type=Path),
               help="Store to create or resume: a .zarr directory or an .h5 file.")
 @click.option("--backend", default="zarr", show_default=True, type=click.Choice(["zarr", "hdf5"]))
@@ -42,7 +42,8 @@ from stbava.config import SAM2_ENCODERS, SAM_ENCODERS
               help="bf16 autocast for the image encoder (CUDA; CPUs with native bf16, else refused).")
 @click.option("--store-log-mel", is_flag=True, help="Also cache the [T,1,96,64] VGGish input examples.")
 @seed_option
-@click.option("--frames", default=5, show_default=True, help="Frames per clip.")
+@click.option("--frames", default=5, show_default=True, help="Frames per clip (avss: always 10, padded).")
+@click.option("--avss-labels", default="v1s,v1m,v2", show_default=True, help="AVSS only: the label sets to extract.")
 @click.option("--num-workers", default=2, show_default=True, help="DataLoader workers decoding frames and wavs.")
 @click.option("--codec", default=None, help="Codec of a new store (zarr: blosc-lz4|none|blosc-zstd|zstd; "
                                            "hdf5: none|lzf|gzip); backend default when absent.")
@@ -57,7 +58,7 @@ def extract_features_cmd(data_root: Path, subset: str, cache_path: Path, backend
                          splits: tuple[str, ...], batch_size: int, frames_per_forward: int, device: str, amp: str,
                          store_log_mel: bool,
                          seed: int | None, frames: int, num_workers: int, codec: str | None, progress: bool,
-                         verify: bool, sdpa: bool | None, high_res_features: str) -> None:
+                         verify: bool, sdpa: bool | None, high_res_features: str, avss_labels: str) -> None:
     """Encode every clip once with the frozen SAM image encoder and VGGish into a feature cache (resumable)."""
     from stbava.config import EncoderConfig
     from stbava.pipeline.extract.features import run_extraction
@@ -75,7 +76,7 @@ def extract_features_cmd(data_root: Path, subset: str, cache_path: Path, backend
         s = run_extraction(data_root, subset, cache_path, backend, enc, splits=splits or None, batch_size=batch_size,
                            device=device, amp=amp, frames=frames, store_log_mel=store_log_mel,
                            progress=progress, num_workers=num_workers, codec=codec, verify=verify,
-                           sdpa=sdpa, frames_per_forward=frames_per_forward)
+                           sdpa=sdpa, frames_per_forward=frames_per_forward, avss_parts=avss_labels)
     from stbava.pipeline.core.distributed import dist_info
 
     if dist_info().is_main:  # under torchrun every rank returns the job's totals; one line is enough

@@ -74,7 +74,8 @@ def train_options(f):
 @main.command("train-fusion")
 @click.option("--cache", required=True, type=click.Path(), help="Stage-one feature cache.")
 @click.option("--data-root", required=True, type=click.Path(exists=True, file_okay=False), help="AVSBench root (masks).")
-@click.option("--subset", type=click.Choice(["s4", "ms3"]), default=None, help="Defaults to the config's subset.")
+@click.option("--subset", type=click.Choice(["s4", "ms3", "avss"]), default=None,
+              help="Defaults to the config's subset (avss: 10 frames unless the config sets them).")
 @click.option("--sam-checkpoint", type=click.Path(dir_okay=False), default=None,
               help="Where the cache's SAM checkpoint is now (decoder + PE start from it); by default its recorded "
                    "path. Its sha256 must be the cache's. A random-init cache gets a random decoder.")
@@ -95,6 +96,8 @@ def train_fusion_cmd(cache, data_root, subset, sam_checkpoint, weights_dir, conf
                              bidirectional, fusion, sets)
         if subset:
             o["subset"] = subset
+            if subset == "avss" and "frames" not in o:
+                o["frames"] = 10  # every AVSS clip is padded to 10 frames
         cfg = load_config(config_path, o)
         summary = train_fusion(cfg, cache, data_root, run_dir, device=device, resume=resume, progress=progress,
                                search=weight_search(sam_checkpoint, None, None, weights_dir))

@@ -8,9 +8,10 @@ so one run lists everything that is missing or broken.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 from tqdm import tqdm
@@ -76,10 +77,10 @@ def _check_file(path: Path, reader: Callable[[Path], object]) -> tuple[Path, str
     return None
 
 
-def _check_clip(clip: Clip) -> list[tuple[Path, str]]:
+def _check_clip(clip: Clip, mask_reader: Callable[[Path], object] = read_mask) -> list[tuple[Path, str]]:
     jobs: list[tuple[Path, Callable[[Path], object]]] = [(p, read_frame) for p in clip.frame_paths]
     jobs.append((clip.wav_path, load_audio))
-    jobs += [(p, read_mask) for p in clip.mask_paths]
+    jobs += [(p, mask_reader) for p in clip.mask_paths]
     problems = [r for p, fn in jobs if (r := _check_file(p, fn)) is not None]
     return problems + _frame_size_problems(clip, skip={p for p, _ in problems})
 
@@ -107,15 +108,17 @@ def check_data(
     frames: int = FRAMES_PER_CLIP,
     workers: int | None = None,
     progress: bool = True,
+    avss_parts: str | Iterable[str] | None = None,
 ) -> DataCheckReport:
     """Open every frame, wav and mask of every clip listed in the subset's metadata CSV.
 
     Args:
         data_root: the subset folder or the ``avsbench_data`` folder above it.
-        subset: 's4' or 'ms3'.
-        frames: frames per clip (AVSBench: 5).
+        subset: 's4', 'ms3' or 'avss' (colour labels checked against the palette and ``label2idx.json``).
+        frames: frames per clip (AVSBench: 5; unused for AVSS, whose clips have 5 or 10).
         workers: threads decoding files (PNG/wav decoding releases the GIL); default: CPU count, at most 8.
         progress: show a tqdm bar over clips.
+        avss_parts: AVSS label sets to check (``"v1s,v1m,v2"``; None = all).
 
     Returns:
         The report; ``report.ok`` is False when anything is missing or unreadable.
@@ -124,11 +127,17 @@ def check_data(
         DataError: the metadata CSV itself is missing or malformed (nothing else can be checked then).
     """
     root = resolve_subset_root(data_root, subset)
-    clips = load_clips(root, subset, frames=frames)
+    clips = load_clips(root, subset, frames=frames, avss_parts=avss_parts)
+    check_clip: Callable[[Clip], list[tuple[Path, str]]] = _check_clip
+    if subset == "avss":
+        from stbava.data.avss_labels import read_colour_label, read_label2idx
+
+        reader = partial(read_colour_label, num_classes=len(read_label2idx(root)))
+        check_clip = partial(_check_clip, mask_reader=reader)
     report = DataCheckReport(root=root, subset=subset, splits={s: SplitCounts() for s in SPLITS})
     n_workers = workers or min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 2)
     with ThreadPoolExecutor(max_workers=max(1, n_workers)) as ex:
-        results = ex.map(_check_clip, clips)
+        results = ex.map(check_clip, clips)
         for clip, problems in tqdm(zip(clips, results), total=len(clips), desc="check-data", unit="clip",
                                    disable=not progress):
             counts = report.splits[clip.split]

@@ -91,7 +91,13 @@ def build_model(cfg: Config, sam_state: Mapping[str, torch.Tensor] | None = None
 
     Random parts use the global torch RNG (the caller seeds it; the training run records the seed).
     """
-    model = AVSModel(**model_kwargs(cfg, grid=grid, img_size=img_size, **decoder))
+    kwargs = model_kwargs(cfg, grid=grid, img_size=img_size, **decoder)
+    if cfg.subset == "avss":  # per-pixel classes: the same fusion + decoder and a mask classifier
+        from stbava.model.semantic import SemanticAVSModel
+
+        model: AVSModel = SemanticAVSModel(num_classes=cfg.num_classes, **kwargs)
+    else:
+        model = AVSModel(**kwargs)
     if sam_state is not None:
         load_sam_decoder(model, sam_state)
     return model

@@ -75,7 +75,7 @@ def test_metadata_errors(tmp_path):
     with pytest.raises(DataError, match="stbava synth"):
         load_clips(tmp_path, "s4")
     with pytest.raises(DataError, match="unknown subset"):
-        load_clips(tmp_path, "avss")
+        load_clips(tmp_path, "avsx")
     csv = tmp_path / "Multi-sources" / "ms3_meta_data.csv"
     _write(csv, "")
     with pytest.raises(DataError, match="empty metadata"):

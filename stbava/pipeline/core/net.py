@@ -29,7 +29,11 @@ class Net(nn.Module):
         self.embedder = embedder
 
     def forward(self, **inputs: torch.Tensor) -> torch.Tensor:
+        valid = inputs.pop("frame_valid", None)
         image, audio = self.embedder(**inputs)
+        if valid is not None:  # padded frames (AVSS): zero embeddings, whatever the cache or loader gave
+            image = image * valid[:, :, None, None, None].to(image.dtype)
+            audio = audio * valid[:, :, None].to(audio.dtype)
         return self.model(image, audio)
 
 

@@ -20,7 +20,7 @@ from torch.utils.data import Dataset
 
 from stbava.data.clips import Clip, DataError
 
-INPUT_FIELDS = ("image_embeddings", "audio_embeddings", "frames", "log_mels")
+INPUT_FIELDS = ("image_embeddings", "audio_embeddings", "frames", "log_mels", "frame_valid")
 
 
 @dataclass
@@ -29,12 +29,14 @@ class Batch:
 
     Attributes:
         clip_ids: B clip ids.
-        masks: ``[B,T,224,224]`` float {0,1}; frames without annotation are zeros.
-        mask_valid: ``[B,T]`` bool, which frames are annotated (S4 train: frame 1 only).
+        masks: ``[B,T,224,224]`` float {0,1}; frames without annotation are zeros. AVSS: int64 class indices.
+        mask_valid: ``[B,T]`` bool, which frames are annotated (S4 train: frame 1 only; never a padded frame).
         image_embeddings: ``[B,T,256,g,g]`` cached SAM embeddings (float16) — :class:`CachedSource`.
         audio_embeddings: ``[B,T,128]`` cached VGGish vectors — :class:`CachedSource`.
         frames: ``[B,T,3,S,S]`` frames resized for the encoder, 0..255 — :class:`LiveSource`.
         log_mels: ``[B,T,1,96,64]`` VGGish log-mel examples — :class:`LiveSource`.
+        frame_valid: ``[B,T]`` bool, which frames exist (AVSS: 5-frame clips padded to 10); None = all.
+            ``Net`` zeroes the embeddings of the others, so what a padded frame holds never matters.
     """
 
     clip_ids: list[str]
@@ -44,6 +46,7 @@ class Batch:
     audio_embeddings: torch.Tensor | None = None
     frames: torch.Tensor | None = None
     log_mels: torch.Tensor | None = None
+    frame_valid: torch.Tensor | None = None
 
     def inputs(self) -> dict[str, torch.Tensor]:
         """The filled input fields by name: the keyword arguments of ``Net.forward``."""
@@ -78,16 +81,28 @@ def collate(items: Sequence[dict[str, Any]]) -> Batch:
 
 
 def load_masks(clip: Clip, frames: int, size: int = 224) -> tuple[np.ndarray, np.ndarray]:
-    """GT masks ``[T,size,size]`` float32 and a ``[T]`` bool validity vector for one clip."""
+    """GT masks ``[T,size,size]`` and a ``[T]`` bool validity vector for one clip.
+
+    S4 / MS3: float32 {0,1} masks. AVSS: int64 class maps from the colour labels (any palette colour; the
+    dataset's class count is checked by ``check-data`` and the metric).
+    """
     from stbava.data.io import read_mask
 
-    masks = np.zeros((frames, size, size), np.float32)
+    semantic = clip.subset == "avss"
+    if semantic:
+        from stbava.data.avss_labels import read_colour_label
+    masks = np.zeros((frames, size, size), np.int64 if semantic else np.float32)
     valid = np.zeros(frames, bool)
     for k, path in zip(clip.mask_frames, clip.mask_paths):
         if k < frames:
-            masks[k] = read_mask(path, size=size)
+            masks[k] = read_colour_label(path, size=size) if semantic else read_mask(path, size=size)
             valid[k] = True
     return masks, valid
+
+
+def frame_valid(clip: Clip, frames: int) -> torch.Tensor:
+    """``[T]`` bool: the clip's own frames (AVSS v1s / v1m: 5 of the 10 cached), False for padding."""
+    return torch.arange(frames) < clip.num_frames
 
 
 def shuffled_partner(ids: Sequence[Any]) -> list[Any]:
@@ -133,9 +148,15 @@ class CachedClips(Dataset):
             raise DataError(f"cache {self.cache_path}: clip {clip.id} has {image.shape[0]} frames, "
                             f"config expects {self.frames}")
         masks, valid = load_masks(clip, self.frames)
-        return {"clip_id": clip.id, "image_embeddings": torch.from_numpy(np.ascontiguousarray(image)),
+        item = {"clip_id": clip.id, "image_embeddings": torch.from_numpy(np.ascontiguousarray(image)),
                 "audio_embeddings": torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32)),
                 "masks": torch.from_numpy(masks), "mask_valid": torch.from_numpy(valid)}
+        if clip.subset == "avss":
+            item["frame_valid"] = frame_valid(clip, self.frames)
+            if np.any(image[clip.num_frames:]):  # extraction stores zero frames after a clip's own
+                raise DataError(f"cache {self.cache_path}: clip {clip.id} has {clip.num_frames} frames in the "
+                                f"metadata but more in the cache; rebuild the cache from this data")
+        return item
 
 
 class RawClips(Dataset):

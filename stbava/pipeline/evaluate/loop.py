@@ -26,7 +26,7 @@ from stbava.data.clips import Clip, DataError, load_clips, resolve_subset_root
 from stbava.device import autocast, check_amp, resolve_device
 from stbava.digest import file_sha256
 from stbava.encoders.weights import WeightSearch
-from stbava.metrics import MetricAccumulator, PooledMetrics
+from stbava.metrics import MetricAccumulator, PooledMetrics, SemanticAccumulator
 from stbava.pipeline.core.distributed import dist_info
 from stbava.pipeline.core.sources import Batch, CachedClips, CachedSource, LiveSource, collate
 
@@ -42,6 +42,7 @@ class EvalResult:
     per_clip: dict[str, dict[str, float]] = field(default_factory=dict)
     pooled_miou: float = float("nan")  # batch-size-independent: mean IoU over all annotated frames
     pooled_fscore: float = float("nan")  # batch-size-independent: F of the split's mean PR curve
+    semantic: dict[str, Any] | None = None  # AVSS: SemanticAccumulator.result() (miou/fscore are its values)
 
     @property
     def n_clips(self) -> int:
@@ -72,12 +73,18 @@ def evaluate_net(net: torch.nn.Module, ds: Dataset, device: torch.device, *, bat
     was_training = net.training
     net.eval()
     clips, pooled = MetricAccumulator(), PooledMetrics()
+    semantic: dict[str, SemanticAccumulator] = {}
     for batch in tqdm(loader, desc="eval", disable=not (progress and dist.is_main), leave=False, unit="batch"):
         batch = batch.to(device)
         with autocast(device, amp):
             logits = net(**batch.inputs())
         logits = logits.float().cpu()
         masks, valid = batch.masks.cpu(), batch.mask_valid.cpu()
+        if logits.ndim == 5:  # AVSS class scores [B,T,K,H,W]: one accumulator per clip, summed at the end
+            for b, cid in enumerate(batch.clip_ids):
+                semantic[cid] = SemanticAccumulator(logits.shape[2])
+                semantic[cid].update(logits[b], masks[b], valid[b])
+            continue
         for b, cid in enumerate(batch.clip_ids):
             if valid[b].any():
                 clips.update(logits[b][valid[b]], masks[b][valid[b]], keys=[cid])
@@ -85,10 +92,33 @@ def evaluate_net(net: torch.nn.Module, ds: Dataset, device: torch.device, *, bat
         if on_batch is not None:
             on_batch(batch, logits)
     net.train(was_training)
+    if semantic or (dist.active and n and _is_semantic(ds)):
+        if dist.active:
+            semantic = {k: v for part in dist.all_gather_objects(semantic) for k, v in part.items()}  # type: ignore[union-attr]
+        return semantic_result(semantic)
     if dist.active:
         clips = MetricAccumulator.merged(dist.all_gather_objects(clips))  # type: ignore[arg-type]
         pooled = pooled.merged(dist.all_gather_objects(pooled))  # type: ignore[arg-type]
     return eval_result(clips, pooled)
+
+
+def _is_semantic(ds: Dataset) -> bool:
+    """Whether ``ds`` holds AVSS clips (a rank that got no batch still joins the semantic gather)."""
+    clips = getattr(ds, "clips", None)
+    return bool(clips) and clips[0].subset == "avss"
+
+
+def semantic_result(per_clip: dict[str, SemanticAccumulator]) -> EvalResult:
+    """AVSS split result: the per-class sums of all clips (published definition) and, per clip, the mean IoU / F
+    over the classes present in that clip (prediction or label), for a per-clip view."""
+    total = SemanticAccumulator.merged([per_clip[k] for k in sorted(per_clip)]).result()
+    clip_values = {}
+    for k in sorted(per_clip):
+        iou, f = per_clip[k].per_class()
+        seen = per_clip[k].count > 0
+        clip_values[k] = {"iou": float(iou[seen].mean()) if seen.any() else float("nan"),
+                          "fscore": float(f[seen].mean()) if seen.any() else float("nan")}
+    return EvalResult(miou=total["miou"], fscore=total["fscore"], per_clip=clip_values, semantic=total)
 
 
 def eval_result(clips: MetricAccumulator, pooled: PooledMetrics) -> EvalResult:
@@ -99,9 +129,14 @@ def eval_result(clips: MetricAccumulator, pooled: PooledMetrics) -> EvalResult:
 
 
 def report_dict(result: EvalResult, **context: Any) -> dict[str, Any]:
-    """The JSON report of ``stbava eval``: metrics as fractions in [0,1] plus provenance."""
+    """The JSON report of ``stbava eval``: metrics as fractions in [0,1] plus provenance.
+
+    AVSS adds ``miou_no_background``, ``fscore_no_background``, ``per_class_iou``, ``per_class_fscore``,
+    ``classes_seen`` and ``frames``; its ``per_clip_*`` values are means over each clip's present classes.
+    """
+    extra = {k: v for k, v in (result.semantic or {}).items() if k not in ("miou", "fscore")}
     return {"miou": result.miou, "fscore": result.fscore, "clips": result.n_clips,
-            "pooled_miou": result.pooled_miou, "pooled_fscore": result.pooled_fscore,
+            "pooled_miou": result.pooled_miou, "pooled_fscore": result.pooled_fscore, **extra,
             "per_clip_iou": {k: v["iou"] for k, v in result.per_clip.items()},
             "per_clip_fscore": {k: v["fscore"] for k, v in result.per_clip.items()}, **context}
 
@@ -143,9 +178,11 @@ def run_eval(checkpoint: str | Path, data_root: str | Path, split: str, out: str
     dev = resolve_device(device, dist.local_rank)
     numerics = check_amp(dev, amp, "--amp bf16", "--amp off")
     net, cfg = restore_net(payload, dev, search)
-    clips = load_clips(data_root, cfg.subset, [split], frames=cfg.frames)
+    clips = load_clips(data_root, cfg.subset, [split], frames=cfg.frames, avss_parts=cfg.avss_labels)
     if not clips:
         raise DataError(f"no clips in split {split!r} of {cfg.subset} under {data_root}")
+    if cfg.subset == "avss" and (save_masks or overlays):
+        raise DataError("--save-masks and --overlays draw binary masks; they are not available for subset avss")
     ds, fp = make_eval_dataset(payload, cfg, clips, cache, shuffle_audio)
     out_dir = Path(out).parent if out else Path(".")
     writer = None

@@ -37,9 +37,10 @@ class ClipInputs(Dataset):
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         clip = self.clips[i]
+        n = min(self.frames, clip.num_frames)  # AVSS v1 clips: 5 of the cache's 10 (padded when written)
         try:
-            images = encoder_frames(self.encoder, read_clip_frames(clip.frame_paths[: self.frames]))
-            mels = waveform_to_examples(load_audio(clip.wav_path), num_examples=self.frames)
+            images = encoder_frames(self.encoder, read_clip_frames(clip.frame_paths[:n]))
+            mels = waveform_to_examples(load_audio(clip.wav_path), num_examples=n)
         except DataError as e:
             return {"index": i, "error": str(e)}
         return {"index": i, "frames": images, "mels": torch.from_numpy(mels)}
@@ -86,3 +87,10 @@ def encode_batch(image_encoder: nn.Module, vggish: nn.Module, items: Sequence[di
         out.append((image[start:start + n], audio[start:start + n]))
         start += n
     return out
+
+
+def pad_frames(arr: np.ndarray, frames: int) -> np.ndarray:
+    """``[n, ...]`` -> ``[frames, ...]`` with zero frames appended (AVSS clips shorter than the cache's T)."""
+    if arr.shape[0] >= frames:
+        return arr
+    return np.concatenate([arr, np.zeros((frames - arr.shape[0], *arr.shape[1:]), arr.dtype)])

@@ -31,14 +31,14 @@ from tqdm.auto import tqdm
 
 from stbava.cache import CacheError, CacheWriter, create_cache, join_cache, merge_parts
 from stbava.config import ConfigError, EncoderConfig
-from stbava.data.clips import Clip, DataError, load_clips
+from stbava.data.clips import AVSS_MAX_FRAMES, Clip, DataError, load_clips
 from stbava.device import check_amp, resolve_device
 from stbava.encoders.build import auto_frames_per_forward, build_frozen_encoders
 from stbava.encoders.fingerprint import encoder_fingerprint, fingerprint_digest
 from stbava.encoders.image import embedding_shape
 from stbava.encoders.weights import record_paths
 from stbava.pipeline.core.distributed import DistInfo, dist_info
-from stbava.pipeline.extract.clip_encoding import ClipInputs, as_list, encode_batch
+from stbava.pipeline.extract.clip_encoding import ClipInputs, as_list, encode_batch, pad_frames
 from stbava.version import __version__
 
 log = logging.getLogger(__name__)
@@ -66,8 +66,9 @@ class ExtractSummary:
 
 def _write_batch(writer: CacheWriter, ids: list[str], encoded: list[tuple[np.ndarray, np.ndarray]],
                  mels: list[np.ndarray | None]) -> None:
+    t = writer.manifest.frames  # shorter clips (AVSS v1s / v1m) are stored with zero padding frames
     for cid, (img, aud), mel in zip(ids, encoded, mels):
-        writer.write_clip(cid, img, aud, mel)
+        writer.write_clip(cid, pad_frames(img, t), pad_frames(aud, t), None if mel is None else pad_frames(mel, t))
 
 
 def run_extraction(data_root: str | Path, subset: str, cache_path: str | Path, backend: str = "zarr",
@@ -75,12 +76,12 @@ def run_extraction(data_root: str | Path, subset: str, cache_path: str | Path, b
                    batch_size: int = 4, device: str = "auto", amp: str = "off", frames: int = 5,
                    store_log_mel: bool = False, progress: bool = True, num_workers: int = 0,
                    codec: str | None = None, verify: bool = False, sdpa: bool | None = None,
-                   frames_per_forward: int = 0) -> ExtractSummary:
+                   frames_per_forward: int = 0, avss_parts: str | Sequence[str] | None = None) -> ExtractSummary:
     """Encode every clip of the selected splits into the cache at ``cache_path`` (resuming a previous run).
 
     Args:
         data_root: AVSBench subset folder (or its parent).
-        subset: ``s4`` | ``ms3``.
+        subset: ``s4`` | ``ms3`` | ``avss`` (then ``frames`` is 10: 5-frame clips are padded with zero frames).
         cache_path: store to create or resume (``.zarr`` directory / ``.h5`` file).
         backend: ``zarr`` | ``hdf5``; must match an existing store.
         enc_cfg: encoder name, checkpoints, seed (defaults: tiny random encoders).
@@ -101,6 +102,7 @@ def run_extraction(data_root: str | Path, subset: str, cache_path: str | Path, b
             is refused instead of mixing them in one cache.
         frames_per_forward: frames per image-encoder forward; 0 = sized from the encoder and the free
             memory (:func:`stbava.encoders.build.frames_per_forward`).
+        avss_parts: AVSS label sets to extract (``"v1s,v1m,v2"``; None = all).
 
     Under torchrun every rank calls this with the same arguments; each returns the job-wide counts.
 
@@ -116,7 +118,9 @@ def run_extraction(data_root: str | Path, subset: str, cache_path: str | Path, b
     dist = dist_info()
     dev = resolve_device(device, dist.local_rank)
     numerics = check_amp(dev, amp, "--amp bf16", "--amp off")  # bf16 on CPU only where native (stbava.bf16)
-    clips = load_clips(data_root, subset, splits, frames=frames)
+    if subset == "avss":
+        frames = AVSS_MAX_FRAMES
+    clips = load_clips(data_root, subset, splits, frames=frames, avss_parts=avss_parts)
     if not clips:
         raise DataError(f"no clips of subset {subset} (splits {', '.join(splits or ['all'])}) under {data_root}")
     enc_cfg = record_paths(dataclasses.replace(enc_cfg, amp=amp, sdpa=enc_cfg.sdpa if sdpa is None else sdpa))

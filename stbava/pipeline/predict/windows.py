@@ -166,6 +166,9 @@ def load_predictor(checkpoint: str | Path, *, search: WeightSearch | None = None
     dev = resolve_device(device)
     payload = read_checkpoint(checkpoint)
     net, cfg = restore_net(payload, dev, search)
+    if cfg.subset == "avss":
+        raise CheckpointFormatError(f"{payload['path']}: an AVSS (semantic) checkpoint predicts class maps; predict "
+                                    "draws binary masks, so use `stbava eval` for it")
     if payload["kind"] == "fusion":
         net = _fusion_net_with_encoders(net, cfg.encoder, cfg.frames, payload, dev, search)
     return Predictor(net.eval(), cfg.frames, cfg.encoder.name, dev)

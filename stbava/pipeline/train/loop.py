@@ -29,7 +29,7 @@ from stbava.atomic import atomic_write_text
 from stbava.checkpoint import CheckpointFormatError, check_compatible, read_checkpoint, save_checkpoint
 from stbava.config import Config
 from stbava.device import autocast, check_amp
-from stbava.losses import masked_bce
+from stbava.losses import masked_bce, masked_ce
 from stbava.pipeline.core.distributed import dist_info
 from stbava.pipeline.core.net import Net
 from stbava.pipeline.core.sources import Batch
@@ -171,7 +171,8 @@ class Trainer:
         batch = batch.to(self.device)
         with autocast(self.device, self.tc.amp):
             logits = model(**batch.inputs())
-        loss = self.dist.global_mean_loss(masked_bce(logits, batch.masks, batch.mask_valid), batch.mask_valid)
+        loss_fn = masked_ce if logits.ndim == 5 else masked_bce  # [B,T,K,H,W] class scores (AVSS) or mask logits
+        loss = self.dist.global_mean_loss(loss_fn(logits, batch.masks, batch.mask_valid), batch.mask_valid)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()

@@ -31,7 +31,8 @@ from stbava.pipeline.train.resident import ResidentClips
 log = logging.getLogger(__name__)
 
 # Trainable in stage two: every fusion module's parameters (wherever AVSModel keeps them) and the decoder.
-FUSION_PREFIXES = (*(f"model.{p}" for p in FUSION_PARAM_PREFIXES), "model.mask_decoder")
+FUSION_PREFIXES = (*(f"model.{p}" for p in FUSION_PARAM_PREFIXES), "model.mask_decoder",
+                   "model.class_head")  # class_head: the AVSS mask classifier (stbava.model.semantic)
 
 
 def cache_encoders(reader: CacheReader) -> EncoderConfig:
@@ -97,10 +98,22 @@ def mean_train_audio(reader: CacheReader, clips: list[Clip]) -> torch.Tensor:
     total = torch.zeros(AUDIO_DIM, dtype=torch.float64)
     count = 0
     for clip in clips:
-        a = torch.from_numpy(reader.audio_embeddings(clip.id)).double()
+        a = torch.from_numpy(reader.audio_embeddings(clip.id)).double()[: clip.num_frames]  # not AVSS padding
         total += a.sum(0)
         count += a.shape[0]
     return (total / max(count, 1)).float()
+
+
+def check_num_classes(cfg: Config, data_root: str | Path) -> None:
+    """The model's class count must be the dataset's (``label2idx.json``), or labels and classes would not match."""
+    from stbava.data.avss_labels import read_label2idx
+    from stbava.data.clips import resolve_subset_root
+
+    root = resolve_subset_root(data_root, "avss")
+    n = len(read_label2idx(root))
+    if n != cfg.num_classes:
+        raise ConfigError(f"{root / 'label2idx.json'} lists {n} classes but num_classes is {cfg.num_classes}; "
+                          f"set num_classes: {n} (--set num_classes={n})")
 
 
 def train_fusion(cfg: Config, cache: str | Path, data_root: str | Path, run_dir: str | Path, *,
@@ -116,7 +129,9 @@ def train_fusion(cfg: Config, cache: str | Path, data_root: str | Path, run_dir:
     reader = open_cache(cache)
     fp = reader.fingerprint
     cfg = config_for_cache(cfg, reader)
-    train_clips, val_clips = load_train_val(data_root, cfg.subset, cfg.frames)
+    train_clips, val_clips = load_train_val(data_root, cfg.subset, cfg.frames, avss_parts=cfg.avss_labels)
+    if cfg.subset == "avss":
+        check_num_classes(cfg, data_root)
     source = CachedSource(cache, cfg.frames)
     train_ds: Dataset = source.dataset(train_clips)
     val_ds = source.dataset(val_clips) if val_clips else None

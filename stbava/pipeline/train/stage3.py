@@ -105,6 +105,9 @@ def finetune_adapters(init: str | Path, data_root: str | Path, run_dir: str | Pa
     if payload["kind"] != "fusion":
         raise CheckpointFormatError(f"{payload['path']}: --init must be a stage-two (fusion) checkpoint or run dir")
     cfg = stage_three_config(payload, overrides)
+    if cfg.subset == "avss":
+        raise ConfigError("finetune-adapters reads binary masks from raw frames; for subset avss, train stage two "
+                          "(train-fusion) only")
     enc = locate_weights(cfg.encoder, payload.get("fingerprint"), search, subject=f"checkpoint {payload['path']}")
     cfg = dataclasses.replace(cfg, encoder=enc)
     check_encoder_matches(cfg, payload)
