@@ -190,19 +190,21 @@ class AVSModel(nn.Module):
         embed, levels = self._split(image_embeddings)
         image, audio = self._check(embed, audio_embeddings)
         b, t = image.shape[:2]
-        prompts = self.fusion_module(image, audio, self.dense_pe(image.dtype))
+        pe = self.dense_pe(image.dtype)  # once per forward: the fusion module and the decoder share it
+        prompts = self.fusion_module(image, audio, pe)
         flat = None if levels is None else [lv.flatten(0, 1).to(image.dtype) for lv in levels]
-        low_res = self.decode(prompts.dense.flatten(0, 1), prompts.sparse.flatten(0, 1), flat)
+        low_res = self.decode(prompts.dense.flatten(0, 1), prompts.sparse.flatten(0, 1), flat, pe)
         return self.upsample(low_res).reshape(b, t, self.mask_size, self.mask_size)
 
-    def decode(self, dense: torch.Tensor, sparse: torch.Tensor, high_res: list[torch.Tensor] | None = None
-               ) -> torch.Tensor:
+    def decode(self, dense: torch.Tensor, sparse: torch.Tensor, high_res: list[torch.Tensor] | None = None,
+               pe: torch.Tensor | None = None) -> torch.Tensor:
         """The mask decoder on N frames' prompts: the fusion contract's visual src and sparse tokens.
 
         Args:
             dense: ``[N,C,g,g]`` the whole visual src (the decoder gets a zero image embedding plus this).
             sparse: ``[N,k,C]`` prompt tokens.
             high_res: SAM 2's ``[s0 [N,C/8,4g,4g], s1 [N,C/4,2g,2g]]`` as ``_forward_sam_heads`` passes them.
+            pe: ``[1,C,g,g]`` the grid's positional encoding when the caller has it (computed here if not).
 
         Returns:
             ``[N,3,4g,4g]`` low-resolution multimask logits. SAM 2's object score does not gate them here (its
@@ -210,7 +212,8 @@ class AVSModel(nn.Module):
             the masks, and a hard gate would give those frames no gradient.
         """
         c, h, w = dense.shape[1:]
-        zero, pe = dense.new_zeros(1, c, h, w), self.dense_pe(dense.dtype)
+        zero = dense.new_zeros(1, c, h, w)
+        pe = self.dense_pe(dense.dtype) if pe is None else pe
         if self.decoder == "sam2":
             return self.mask_decoder(image_embeddings=zero, image_pe=pe, sparse_prompt_embeddings=sparse,
                                      dense_prompt_embeddings=dense, multimask_output=True, repeat_image=True,
