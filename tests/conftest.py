@@ -16,9 +16,10 @@ torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else 2)
 
 # The longest files (measured with --durations), handed out first so that the two workers finish together
 # instead of one starting the longest file last.
-LONGEST_FIRST = ("pipeline/test_learns_audio.py", "pipeline/test_distributed.py", "reliability/test_interruptions.py",
-                 "pipeline/test_provenance.py", "reliability/test_concurrency.py", "pipeline/test_experiment.py",
-                 "pipeline/test_demo.py", "pipeline/test_train_loop.py")
+LONGEST_FIRST = ("pipeline/test_distributed.py", "reliability/test_interruptions.py", "pipeline/test_learns_audio.py",
+                 "pipeline/test_experiment.py", "reliability/test_bad_input.py", "reliability/test_concurrency.py",
+                 "pipeline/test_demo.py", "pipeline/test_provenance.py", "pipeline/test_real_workflow.py",
+                 "pipeline/test_train_loop.py")
 
 
 @pytest.fixture(scope="module")
