@@ -28,7 +28,9 @@ CKPT        ?= $(RUN)/best.pt
 REPORT      ?= $(RUN)/report_$(SPLIT).json
 DEVICE      ?= auto
 BATCH       ?= 4
-DEMO_OUT    ?= demo_out
+# AMP=bf16: the demo in bf16 autocast (CPUs with native bf16, or CUDA), into its own folder
+AMP         ?= off
+DEMO_OUT    ?= demo_out$(if $(filter bf16,$(AMP)),_bf16,)
 # Any further flags for the stbava command of a target, e.g. EXTRA="--batch-size 8 --epochs 50"
 EXTRA       ?=
 VIDEO       ?= my_video.mp4
@@ -63,11 +65,14 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q $(TORCH_SPEC)
-	$(BIN)/pip install -q -e ".[dev,app,tensorboard]"
+	$(BIN)/pip install -q -e ".[dev,app,tensorboard,sam2]"
+# SAM 2 backbones (docs/sam2.md): the sam2 sdist without its CUDA extension and without torchvision (its
+# modeling code needs neither); hydra-core / iopath come with the sam2 extra above
+	SAM2_BUILD_CUDA=0 $(BIN)/pip install -q --no-build-isolation --no-deps "sam2==1.1.0"
 	touch $@
 
 demo: setup
-	$(STBAVA) demo --out $(DEMO_OUT)
+	$(STBAVA) demo --out $(DEMO_OUT) --amp $(AMP)
 
 # Two pytest-xdist workers, one test file at a time each (module fixtures are built once); the slowest 15 listed.
 test: setup

@@ -33,6 +33,8 @@ BENCHES: dict[str, tuple[str, list[str], list[str], str]] = {
               "4. storage: bytes per frame per backend/codec, store-level read/write"),
     "scaling": ("benchmarks.bench_scaling", [], ["--quick", "--configs", "1x1x1,2x1x1,2x2x1,2x1x3"],
                 "6. step time and memory vs T, batch, depth"),
+    "roofline": ("benchmarks.bench_roofline", [], ["--quick"],
+                 "7. every stage's FLOP/s against the matmul peak of its dtype (fp32, and bf16 where native)"),
 }
 
 

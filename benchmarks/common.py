@@ -127,10 +127,11 @@ def encoder_flops(name: str) -> float:
     return float(fc.get_total_flops())
 
 
-def fusion_config(encoder: str, frames: int, depth: int, **train: Any) -> Any:
+def fusion_config(encoder: str, frames: int, depth: int, fusion: str = "stbava", **train: Any) -> Any:
     from stbava.config import load_config
 
-    return load_config(None, {"frames": frames, "encoder": {"name": encoder}, "model": {"depth": depth},
+    model = {"depth": depth} if fusion == "stbava" else {"fusion": fusion}
+    return load_config(None, {"frames": frames, "encoder": {"name": encoder}, "model": model,
                               "train": dict(train)})
 
 
@@ -157,7 +158,7 @@ class TrainStep:
     """One stage-two optimiser step of ``Net(AVSModel, CachedEmbedder)`` on fixed random data."""
 
     def __init__(self, encoder: str, frames: int, depth: int, batch: int, device: torch.device,
-                 amp: str = "auto", seed: int = 0) -> None:
+                 amp: str = "auto", seed: int = 0, fusion: str = "stbava") -> None:
         from stbava.encoders.image import grid_size
         from stbava.pipeline.core.net import build_fusion_net
         from stbava.pipeline.train.loop import set_trainable, trainable_predicate
@@ -165,7 +166,7 @@ class TrainStep:
 
         g = grid_size(encoder)
         self.device, self.amp = device, amp
-        self.net = build_fusion_net(fusion_config(encoder, frames, depth, seed=seed)).to(device).train()
+        self.net = build_fusion_net(fusion_config(encoder, frames, depth, fusion, seed=seed)).to(device).train()
         set_trainable(self.net, trainable_predicate(FUSION_PREFIXES))
         self.opt = torch.optim.Adam([p for p in self.net.parameters() if p.requires_grad], lr=1e-4)
         gen = torch.Generator().manual_seed(seed)

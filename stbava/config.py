@@ -21,13 +21,21 @@ import yaml
 class EncoderConfig:
     """Frozen stage-one encoders."""
 
-    name: str = "tiny"  # SAM image encoder: vit_h | vit_l | vit_b | tiny
+    name: str = "tiny"  # image encoder: SAM vit_h | vit_l | vit_b | tiny, or SAM 2 (SAM2_ENCODERS)
     sam_checkpoint: str | None = None  # full SAM state dict (keys image_encoder.*, mask_decoder.*, ...)
     vggish_checkpoint: str | None = None  # torchvggish VGG state dict (vggish-10086976.pth)
     vggish_pca: str | None = None  # optional PCA params file; PCA is off unless given
     seed: int = 0  # seed of the random init used when no checkpoint is given
     sdpa: bool = True  # fused SDPA attention in the image encoder (values equal SAM's to float rounding)
-    amp: str = "off"  # image encoder autocast at extraction: off (float32) | bf16 (CUDA only)
+    amp: str = "off"  # image encoder autocast at extraction: off (float32) | bf16 (CUDA; CPU where native, stbava.bf16)
+    high_res_features: bool = True  # SAM 2 only: also cache (and decode with) its two high-resolution levels
+
+
+SAM_ENCODERS = ("vit_h", "vit_l", "vit_b", "tiny")
+# SAM 2 image encoders (Hiera, stbava.encoders.hiera): the package's 2.1 and 2.0 configs, and sam2_mini (a small
+# Hiera built from sam2.1_hiera_t's config for tests and the demo).
+SAM2_ENCODERS = ("sam2.1_hiera_t", "sam2.1_hiera_s", "sam2.1_hiera_b+", "sam2.1_hiera_l",
+                 "sam2_hiera_t", "sam2_hiera_s", "sam2_hiera_b+", "sam2_hiera_l", "sam2_mini")
 
 
 # Registered fusion modules (stbava.model.fusion; a test keeps the two lists equal). The config is a leaf and
@@ -97,7 +105,7 @@ class TrainConfig:
     val_every: int = 1  # epochs between validations
     train_fusion: bool = True  # stage three: keep ST-BAVA trainable (published code freezes it)
     grad_checkpointing: bool = True  # stage three: checkpoint encoder blocks
-    amp: str = "auto"  # auto (bf16 on CUDA) | bf16 | off
+    amp: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | bf16 (CPU: where native) | off
     gpu_resident: bool = False  # stage two: load the whole cache onto the GPU once
     max_steps: int = 0  # 0 = no limit; otherwise stop after this many optimiser steps
     save_every_steps: int = 0  # 0 = save last.pt at epoch ends only; N = also every N steps (mid-epoch resume)
@@ -250,8 +258,7 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"subset must be s4, ms3 or avss, got {cfg.subset!r}")
     if cfg.subset == "avss":
         _validate_avss(cfg)
-    if cfg.encoder.name not in ("vit_h", "vit_l", "vit_b", "tiny"):
-        raise ConfigError(f"encoder.name must be vit_h|vit_l|vit_b|tiny, got {cfg.encoder.name!r}")
+    validate_encoder(cfg.encoder)
     if cfg.model.spatial_mode not in ("reference", "paper"):
         raise ConfigError(f"model.spatial_mode must be reference|paper, got {cfg.model.spatial_mode!r}")
     _validate_fusion(cfg.model)
@@ -266,6 +273,15 @@ def validate(cfg: Config) -> None:
     if cfg.train.lr_schedule not in ("constant", "cosine") or cfg.train.warmup_steps < 0:
         raise ConfigError(f"train.lr_schedule must be constant|cosine (got {cfg.train.lr_schedule!r}) and "
                           f"train.warmup_steps >= 0 (got {cfg.train.warmup_steps})")
+
+
+def validate_encoder(enc: EncoderConfig) -> None:
+    """A known encoder name, and SAM 2's high-res switch only with a SAM 2 encoder."""
+    if enc.name not in SAM_ENCODERS + SAM2_ENCODERS:
+        raise ConfigError(f"encoder.name must be one of {'|'.join(SAM_ENCODERS + SAM2_ENCODERS)}, got {enc.name!r}")
+    if not enc.high_res_features and enc.name not in SAM2_ENCODERS:
+        raise ConfigError(f"encoder.high_res_features=false (--high-res-features off) is a SAM 2 setting; SAM's "
+                          f"{enc.name} has no high-resolution levels: drop it or choose a SAM 2 encoder")
 
 
 def _validate_avss(cfg: Config) -> None:

@@ -42,6 +42,13 @@ def fingerprint_differences(stored: Mapping[str, Any], expected: Mapping[str, An
     return out
 
 
+def encoder_family(fp: Mapping[str, Any]) -> str:
+    """``"SAM 2"`` for a fingerprint of a SAM 2 image encoder (its image section says ``family: sam2``), else
+    ``"SAM"`` (SAM fingerprints predate the field and keep their exact contents)."""
+    image = fp.get("image")
+    return "SAM 2" if isinstance(image, Mapping) and image.get("family") == "sam2" else "SAM"
+
+
 def require_same_encoders(recorded: Mapping[str, Any] | None, actual: Mapping[str, Any] | None, *,
                           subject: str, fix: str, error: type[Exception], other: str = "") -> None:
     """Raise ``error`` when two fingerprints differ; nothing to compare when either is unknown (None).
@@ -61,5 +68,9 @@ def require_same_encoders(recorded: Mapping[str, Any] | None, actual: Mapping[st
         return
     keys = ", ".join(fingerprint_differences(recorded, actual)) or "(values)"
     than = f" than {other}" if other else ""
+    fam_a, fam_b = encoder_family(recorded), encoder_family(actual)
+    if fam_a != fam_b:  # SAM and SAM 2 features have other shapes and meanings: say so by name
+        keys = (f"{keys}; {fam_a} ({recorded.get('image', {}).get('encoder')}) vs {fam_b} "
+                f"({actual.get('image', {}).get('encoder')}): SAM and SAM 2 features never mix")
     raise error(f"{subject} embeddings of another encoder (fingerprint differs in: {keys}){than} "
                 f"[{fingerprint_digest(recorded)} vs {fingerprint_digest(actual)}]; {fix}")

@@ -138,3 +138,32 @@ def write_test_video(path: str | Path, seconds: float, *, fps: int = 10, size: t
         for p in aus.encode():
             c.mux(p)
     return path
+
+
+def build_sam2_by_hand(name: str = "sam2_mini", seed: int = 0) -> nn.Module:
+    """A whole SAM 2 model from ``sam2.build_sam.build_sam2`` of ``name``'s config, with no stbava code between.
+
+    Parameters that its init leaves at zero (Hiera's ``pos_embed``, ...) get small random values, so a loading
+    test notices if they are dropped (a trained checkpoint has them non-zero).
+    """
+    from stbava.encoders.hiera import SAM2_CONFIGS
+
+    config, overrides = SAM2_CONFIGS[name]
+    build = thirdparty.sam2_module("build_sam")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = build.build_sam2(config, ckpt_path=None, device="cpu", mode="eval",
+                                 hydra_overrides_extra=list(overrides))
+        with torch.no_grad():
+            for p in model.parameters():
+                if not p.any():
+                    p.normal_(0.0, 0.02)
+    return model
+
+
+def write_fake_sam2_checkpoint(path: str | Path, name: str = "sam2_mini", seed: int = 0) -> Path:
+    """Save ``{"model": build_sam2_by_hand(name, seed).state_dict()}``, the layout of ``sam2.1_hiera_*.pt``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"model": build_sam2_by_hand(name, seed).state_dict()}, path)
+    return path

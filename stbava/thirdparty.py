@@ -52,3 +52,24 @@ def vggish_mel() -> tuple[ModuleType, ModuleType]:
 
 # SAM's state-dict name of the random-Fourier PE matrix its mask decoder was trained with (REFERENCE §9.2).
 SAM_PE_KEY = "prompt_encoder.pe_layer.positional_encoding_gaussian_matrix"
+
+
+def distribution_version(name: str) -> str | None:
+    """Installed version of distribution ``name`` (None when not installed)."""
+    from importlib import metadata
+
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def sam2_module(name: str) -> ModuleType:
+    """A ``sam2`` submodule, e.g. ``sam2_module("build_sam")`` or ``"modeling.sam.mask_decoder"``.
+
+    Imported on first use only, so SAM-only runs never load ``sam2`` (nor hydra, which ``sam2/__init__``
+    initialises with the package's own config module; ``build_sam2`` reads its configs from there).
+    """
+    if importlib.util.find_spec("sam2") is None:
+        raise ImportError("package 'sam2' is not installed; run `make setup` (SAM 2 backbones need it)")
+    return importlib.import_module(f"sam2.{name}")

@@ -32,4 +32,4 @@ def test_entry_point_rejects_unknown_benchmarks(capsys):
     with pytest.raises(SystemExit):
         bench_main.main(["--only", "nope"])
     assert "unknown benchmark" in capsys.readouterr().err
-    assert set(bench_main.BENCHES) == {"step", "loader", "extract", "cache", "scaling"}
+    assert set(bench_main.BENCHES) == {"step", "loader", "extract", "cache", "scaling", "roofline"}

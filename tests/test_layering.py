@@ -14,8 +14,8 @@ from pathlib import Path
 
 PKG = Path(__file__).resolve().parents[1] / "stbava"
 
-LEAVES = {"version", "atomic", "digest", "config", "thirdparty", "state_dict", "provenance", "device", "metrics",
-          "losses", "metrics_semantic"}
+LEAVES = {"version", "atomic", "digest", "config", "thirdparty", "state_dict", "provenance", "device", "bf16", "metrics",
+          "losses", "feature_levels", "metrics_semantic"}
 BELOW_PIPELINE = LEAVES | {"data", "encoders", "cache", "model", "checkpoint", "viz"}
 # pipeline/ is one room per job; each sub-package is its own unit
 PIPELINE = {"pipeline.core", "pipeline.extract", "pipeline.evaluate", "pipeline.train", "pipeline.predict",

@@ -22,7 +22,7 @@ from stbava.cli.weights import weight_options, weight_search
 @click.option("--shuffle-audio", is_flag=True, help="Control: feed each clip another clip's audio.")
 @click.option("--batch-size", type=int, default=4, show_default=True, help="Clips per forward (metrics stay per clip).")
 @click.option("--amp", type=click.Choice(["off", "bf16"]), default="off", show_default=True,
-              help="bf16 autocast for the network (CUDA); metrics are always computed on float32 logits.")
+              help="bf16 autocast for the network (CUDA; CPUs with native bf16); metrics are always computed on float32 logits.")
 @weight_options
 @device_option
 @progress_option

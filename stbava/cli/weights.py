@@ -15,7 +15,7 @@ def weight_options(f: Callable[..., Any]) -> Callable[..., Any]:
     """``--sam-checkpoint``, ``--vggish-checkpoint``, ``--vggish-pca``, ``--weights-dir``."""
     opts = [
         click.option("--sam-checkpoint", type=click.Path(dir_okay=False), default=None,
-                     help="SAM weights (e.g. sam_vit_h_4b8939.pth). " + WEIGHT_HELP),
+                     help="SAM or SAM 2 weights (e.g. sam_vit_h_4b8939.pth, sam2.1_hiera_large.pt). " + WEIGHT_HELP),
         click.option("--vggish-checkpoint", type=click.Path(dir_okay=False), default=None,
                      help="VGGish weights (vggish-10086976.pth)."),
         click.option("--vggish-pca", type=click.Path(dir_okay=False), default=None,

@@ -60,6 +60,19 @@ def frames_to_sam_input(frames: Sequence[np.ndarray], img_size: int) -> torch.Te
     return torch.from_numpy(out).permute(0, 3, 1, 2).contiguous()
 
 
+def frames_to_tensor(frames: Sequence[np.ndarray]) -> torch.Tensor:
+    """RGB frames as they are: uint8 ``[H,W,3]`` each -> float32 ``[N,3,H,W]`` on the 0..255 scale.
+
+    For SAM 2, whose image encoder resizes every frame to its square input itself (SAM2Transforms).
+    """
+    if len(frames) == 0:
+        raise DataError("frames_to_tensor got no frames")
+    shapes = {(f.shape, f.dtype) for f in frames}
+    if len(shapes) != 1 or frames[0].ndim != 3 or frames[0].shape[2] != 3 or frames[0].dtype != np.uint8:
+        raise DataError(f"expected uint8 RGB frames [H,W,3] of one size, got {sorted(map(str, shapes))}")
+    return torch.from_numpy(np.stack(frames).astype(np.float32)).permute(0, 3, 1, 2).contiguous()
+
+
 def log_mel(wav: np.ndarray, sr: int = 16000) -> np.ndarray:
     """Log-mel spectrogram [num_stft_frames, 64] (float64) with VGGish's parameters (REFERENCE §2 steps 5-7)."""
     mel_features, params = vggish_mel()

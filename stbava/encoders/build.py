@@ -11,13 +11,14 @@ import torch
 from torch import nn
 
 from stbava.config import EncoderConfig
+from stbava.encoders import hiera
 from stbava.encoders.audio import build_vggish
 from stbava.encoders.fast_attention import enable_sdpa
-from stbava.encoders.image import FrozenImageEncoder, build_image_encoder
+from stbava.encoders.image import build_image_encoder
 
 
 def build_frozen_encoders(enc: EncoderConfig, device: torch.device | str = "cpu"
-                          ) -> tuple[FrozenImageEncoder, nn.Module]:
+                          ) -> tuple[nn.Module, nn.Module]:
     """The SAM image encoder and VGGish of ``enc``, frozen and in eval mode, on ``device``.
 
     Args:
@@ -27,16 +28,24 @@ def build_frozen_encoders(enc: EncoderConfig, device: torch.device | str = "cpu"
             (benchmarks/RESULTS.md §3). Values equal SAM's own attention to float rounding.
         device: where both encoders live.
 
+    A SAM 2 name builds SAM 2's encoder (:mod:`stbava.encoders.hiera`; its attention is already SDPA, so
+    ``enc.sdpa`` changes nothing there), returning packed features with ``enc.high_res_features``.
+
     Returns:
-        ``(image_encoder, vggish)``: ``image_encoder(frames [N,3,S,S] 0..255) -> [N,256,g,g]``;
+        ``(image_encoder, vggish)``: ``image_encoder(frames [N,3,S,S] 0..255) -> [N,256,g,g]``
+        (SAM 2: ``[N,256 or 1024,g,g]`` from frames of any size);
         VGGish is used through :func:`stbava.encoders.audio.embed_audio` (applies PCA when loaded).
 
     Raises:
         CheckpointError: a weight file that is missing, unreadable or of another architecture.
     """
-    image = build_image_encoder(enc.name, enc.sam_checkpoint, seed=enc.seed)
-    if enc.sdpa:
-        enable_sdpa(image)
+    image: nn.Module
+    if hiera.is_sam2(enc.name):
+        image = hiera.build_sam2_encoder(enc.name, enc.sam_checkpoint, enc.seed, enc.high_res_features)
+    else:
+        image = build_image_encoder(enc.name, enc.sam_checkpoint, seed=enc.seed)
+        if enc.sdpa:
+            enable_sdpa(image)
     vggish = build_vggish(enc.vggish_checkpoint, enc.vggish_pca, seed=enc.seed)
     return image.to(device), vggish.to(device)
 
@@ -46,7 +55,17 @@ def build_frozen_encoders(enc: EncoderConfig, device: torch.device | str = "cpu"
 # per frame (1 vs 9 frames), vit_b 1.75 GiB (1 and 2 frames). vit_l / vit_h: an estimate, vit_b scaled by
 # their 16 vs 12 attention heads (the global attention's [heads,4096,4096] scores dominate the peak).
 PEAK_GIB_PER_FRAME = {"tiny": 0.0055, "vit_b": 1.75, "vit_l": 2.35, "vit_h": 2.35}
+# SAM 2 by Hiera size (sam2.1_* and sam2_* alike): the growth of the peak RSS over one 1024-px frame's forward,
+# float32, measured on the 2-core CPU (docs/sam2.md, "Measured": t 0.44, s 0.49, b+ 0.50, l 0.47 GiB),
+# rounded up; SAM 2's attention is already SDPA. sam2_mini (256 px): an estimate, t scaled by the 16x fewer pixels.
+PEAK_GIB_PER_FRAME_SAM2 = {"sam2_mini": 0.05, "t": 0.5, "s": 0.5, "b+": 0.6, "l": 0.6}
 _MEMORY_SHARE = 0.5  # of the free memory, for one forward's activations: room for the loader and the writer
+
+
+def _peak_gib(name: str) -> float:
+    if hiera.is_sam2(name):
+        return PEAK_GIB_PER_FRAME_SAM2[name if name == "sam2_mini" else name.rsplit("_", 1)[-1]]
+    return PEAK_GIB_PER_FRAME[name]
 
 
 def free_memory_bytes(device: torch.device) -> int:
@@ -65,5 +84,5 @@ def auto_frames_per_forward(name: str, device: torch.device, cap: int = 16) -> i
     ``vit_b`` (20 frames at 1024) was killed for memory on a 24 GiB machine. Sizing the forward by frames makes
     the peak independent of how many clips a batch holds.
     """
-    per_frame = PEAK_GIB_PER_FRAME[name] * 2**30
+    per_frame = _peak_gib(name) * 2**30
     return max(1, min(cap, int(_MEMORY_SHARE * free_memory_bytes(device) // per_frame)))

@@ -22,6 +22,7 @@ from stbava.state_dict import CheckpointError, examples
 from stbava.thirdparty import SAM_PE_KEY
 
 _SAM_URL = "https://dl.fbaipublicfiles.com/segment_anything/"
+_SAM2_URL = "https://dl.fbaipublicfiles.com/segment_anything_2/"
 _TVG_URL = "https://github.com/harritaylor/torchvggish/releases/download/v0.1/"
 
 # what -> (description, where users get the file, how they pass it)
@@ -29,8 +30,10 @@ _KNOWN: dict[str, tuple[str, str, str]] = {
     "sam": (
         "the official SAM checkpoint (full state dict with image_encoder.* keys)",
         (f"{_SAM_URL}sam_vit_h_4b8939.pth (vit_h), {_SAM_URL}sam_vit_l_0b3195.pth (vit_l) or "
-         f"{_SAM_URL}sam_vit_b_01ec64.pth (vit_b); the `tiny` encoder has no official weights and is "
-         "random-initialised when no checkpoint is given"),
+         f"{_SAM_URL}sam_vit_b_01ec64.pth (vit_b); for SAM 2 (a {{'model': state_dict}} file) "
+         f"{_SAM2_URL}092824/sam2.1_hiera_large.pt (sam2.1_hiera_l; _tiny, _small, _base_plus likewise) or "
+         f"{_SAM2_URL}072824/sam2_hiera_large.pt (sam2_hiera_l); the `tiny` and `sam2_mini` encoders have no "
+         "official weights and are random-initialised when no checkpoint is given"),
         "--sam-checkpoint PATH (config: encoder.sam_checkpoint)",
     ),
     "vggish": (
@@ -154,6 +157,9 @@ def describe_state(sd: Mapping[str, Any]) -> str:
         return "a VGGish PCA parameter file"
     if "patch_embed.proj.weight" in keys:
         return "an image-encoder-only state dict (keys without the image_encoder. prefix)"
+    if keys == {"model"} and isinstance(sd["model"], Mapping) and any(
+            str(k).startswith("sam_mask_decoder.") for k in sd["model"]):
+        return "a SAM 2 checkpoint ({'model': state_dict}; pass a SAM 2 --encoder, e.g. sam2.1_hiera_l)"
     if any(k.startswith(("model.", "state_dict.")) for k in keys) or keys & {"model", "state_dict"}:
         return "a training checkpoint wrapping the weights (not a plain state dict)"
     return "an unrecognised state dict"

@@ -19,6 +19,7 @@ from torch import nn
 
 from stbava import thirdparty
 from stbava.config import ConfigError
+from stbava.encoders import hiera
 from stbava.encoders.checkpoints import describe_state, load_state_file
 from stbava.state_dict import load_strict, strip_prefix
 
@@ -48,19 +49,33 @@ IMAGE_ENCODERS: dict[str, dict[str, Any]] = {
 
 def _config(name: str) -> dict[str, Any]:
     if name not in IMAGE_ENCODERS:
-        raise ConfigError(f"unknown image encoder {name!r}; choose one of {', '.join(IMAGE_ENCODERS)}")
+        raise ConfigError(f"unknown image encoder {name!r}; choose one of "
+                          f"{', '.join((*IMAGE_ENCODERS, *hiera.SAM2_CONFIGS))}")
     return IMAGE_ENCODERS[name]
 
 
 def image_size(name: str) -> int:
-    """Square input side the encoder expects (frames are resized so the longest side equals it)."""
+    """Square input side the encoder expects (SAM: the longest side is resized to it; SAM 2: both sides)."""
+    if hiera.is_sam2(name):
+        return hiera.image_size(name)
     return int(_config(name)["img_size"])
 
 
 def grid_size(name: str) -> int:
-    """Side of the embedding grid: ``image_size // 16`` (64 for the SAM ViTs, 16 for tiny)."""
+    """Side of the embedding grid: ``image_size // 16`` (64 for the SAM ViTs and SAM 2, 16 for tiny, sam2_mini)."""
+    if hiera.is_sam2(name):
+        return hiera.grid_size(name)
     cfg = _config(name)
     return int(cfg["img_size"]) // int(cfg["patch_size"])
+
+
+def embedding_shape(name: str, high_res: bool = True) -> tuple[int, int, int]:
+    """Per-frame shape of the cached image features: ``(256, g, g)``; SAM 2 with high-res levels
+    ``(1024, g, g)`` (packed, :mod:`stbava.feature_levels`)."""
+    if hiera.is_sam2(name):
+        return hiera.embedding_shape(name, high_res)
+    g = grid_size(name)
+    return 256, g, g
 
 
 def encoder_kwargs(name: str) -> dict[str, Any]:
@@ -177,12 +192,20 @@ def build_image_encoder(name: str = "tiny", checkpoint: str | Path | None = None
     return model
 
 
-def model_geometry(name: str) -> dict[str, int]:
-    """``{"grid": g, "img_size": S}`` of encoder ``name``: the plain ints the fusion model is built from."""
+def model_geometry(name: str, high_res: bool = True) -> dict[str, Any]:
+    """``{"grid": g, "img_size": S}`` of encoder ``name``: the plain values the fusion model is built from.
+
+    A SAM 2 encoder adds ``decoder="sam2"``, ``high_res`` and its decoder's config flags
+    (:func:`stbava.encoders.hiera.decoder_geometry`): the model then builds SAM 2's mask decoder.
+    """
+    if hiera.is_sam2(name):
+        return hiera.decoder_geometry(name, high_res)
     return {"grid": grid_size(name), "img_size": image_size(name)}
 
 
 def adapter_geometry(name: str) -> dict[str, int]:
     """``{"width": C, "blocks": n}`` of encoder ``name``: what its audio adapters' shapes depend on."""
+    if hiera.is_sam2(name):
+        raise ConfigError(hiera.NO_ADAPTERS)
     cfg = _config(name)
     return {"width": int(cfg["embed_dim"]), "blocks": int(cfg["depth"])}

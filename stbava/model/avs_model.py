@@ -22,8 +22,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from stbava import thirdparty
+from stbava.feature_levels import packed_channels, unpack_levels
 from stbava.model.fusion import FusionOutput, build_fusion
 from stbava.model.fusion.registry import check_inputs
+from stbava.model.sam2_decoder import build_sam2_decoder
 
 # Top-level names under which fusion parameters can live in an AVSModel (flat modules use the first two).
 FUSION_PARAM_PREFIXES = ("audio_embed_layer", "layers", "fusion")
@@ -38,7 +40,7 @@ def upsample_logits(low_res: torch.Tensor, img_size: int, mask_size: int) -> tor
 
 
 class AVSModel(nn.Module):
-    """A registered fusion module, SAM's dense PE and SAM's mask decoder.
+    """A registered fusion module, SAM's (or SAM 2's) dense PE and mask decoder.
 
     Args:
         fusion: registered fusion name (``stbava`` | ``tpavi`` | ``han`` | ``cmran`` | ``jca`` | ``none``).
@@ -47,18 +49,29 @@ class AVSModel(nn.Module):
         img_size: encoder input side; low-res masks are upsampled to it first, as published (1024 / 256).
         mask_size: side of the returned logits (224, the AVSBench mask size).
         audio_dim: VGGish width (128).
+        decoder: ``sam`` (segment_anything's MaskDecoder) | ``sam2`` (SAM 2's, :mod:`stbava.model.sam2_decoder`).
+        high_res: SAM 2 only: the image features carry SAM 2's two high-resolution levels (packed,
+            :mod:`stbava.feature_levels`) and the decoder adds them in its upscaling, as SAM 2 does.
+        decoder_flags: SAM 2 only: its config's decoder flags (``pred_obj_scores``, ...).
         fusion_options: the module's own constructor keywords (ST-BAVA: ``depth``, ``heads``, ``mlp_dim``,
             ``attn_dropout``, ``spatial_mode``, ``temporal``, ``bidirectional``; JCA: ``frames``).
     """
 
     def __init__(self, *, fusion: str = "stbava", embed_dim: int = 256, grid: int = 64, img_size: int = 1024,
-                 mask_size: int = 224, audio_dim: int = 128, **fusion_options: Any) -> None:
+                 mask_size: int = 224, audio_dim: int = 128, decoder: str = "sam", high_res: bool = False,
+                 decoder_flags: dict[str, bool] | None = None, **fusion_options: Any) -> None:
         super().__init__()
-        sam = thirdparty.sam_modeling()
         self.embed_dim, self.grid, self.img_size, self.mask_size = embed_dim, grid, img_size, mask_size
-        self.audio_dim, self.fusion_name = audio_dim, fusion
+        self.audio_dim, self.fusion_name, self.decoder, self.high_res = audio_dim, fusion, decoder, high_res
         self._attach_fusion(build_fusion(fusion, embed_dim=embed_dim, audio_dim=audio_dim, grid=grid,
                                          **fusion_options))
+        if decoder == "sam2":
+            self.pe_layer, self.mask_decoder = build_sam2_decoder(embed_dim, high_res, decoder_flags)
+            return
+        if decoder != "sam" or high_res or decoder_flags:
+            raise ValueError(f"decoder {decoder!r} (high_res={high_res}, flags {decoder_flags}): SAM's decoder "
+                             "takes no high-res levels or flags; use decoder='sam2' for those")
+        sam = thirdparty.sam_modeling()
         self.pe_layer = sam.prompt_encoder.PositionEmbeddingRandom(embed_dim // 2)
         self.mask_decoder = sam.MaskDecoder(
             num_multimask_outputs=3,
@@ -129,6 +142,21 @@ class AVSModel(nn.Module):
         return check_inputs(image, audio, embed_dim=self.embed_dim, audio_dim=self.audio_dim, grid=self.grid,
                             dtype=self.mask_decoder.iou_token.weight.dtype)
 
+    def _split(self, image: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
+        """Packed ``[B,T,C(+3C),g,g]`` -> the embedding the fusion module sees and SAM 2's levels (or None).
+
+        Raises:
+            ValueError: features with levels for a model without them, or the reverse (another cache's).
+        """
+        if self.decoder != "sam2":
+            return image, None
+        want = packed_channels(self.embed_dim, self.high_res)
+        if image.ndim != 5 or image.shape[2] != want:
+            raise ValueError(f"image features must be [B,T,{want},{self.grid},{self.grid}] for this SAM 2 model "
+                             f"(high-res levels {'on' if self.high_res else 'off'}), got {tuple(image.shape)}; "
+                             "use the cache (--high-res-features setting) the model was trained on")
+        return unpack_levels(image, self.embed_dim)
+
     def dense_pe(self, dtype: torch.dtype) -> torch.Tensor:
         """SAM's random-Fourier PE of the grid, ``[1,C,g,g]``."""
         return self.pe_layer((self.grid, self.grid)).unsqueeze(0).to(dtype)
@@ -141,7 +169,7 @@ class AVSModel(nn.Module):
         """
         if not self.supports_fuse:
             raise TypeError(f"fusion {self.fusion_name!r} does not expose before/after features (only stbava)")
-        image, audio = self._check(image_embeddings, audio_embeddings)
+        image, audio = self._check(self._split(image_embeddings)[0], audio_embeddings)
         return self.fusion_module.fuse(image, audio, self.dense_pe(image.dtype))
 
     def upsample(self, low_res: torch.Tensor) -> torch.Tensor:
@@ -152,21 +180,40 @@ class AVSModel(nn.Module):
         """Segment the sounding objects of every frame.
 
         Args:
-            image_embeddings: ``[B,T,C,g,g]`` SAM embeddings (any float dtype; cast to the model's).
+            image_embeddings: ``[B,T,C,g,g]`` SAM embeddings (any float dtype; cast to the model's); for a SAM 2
+                model with high-res levels the packed ``[B,T,4C,g,g]`` (:mod:`stbava.feature_levels`).
             audio_embeddings: ``[B,T,128]`` VGGish vectors of the T frames.
 
         Returns:
             ``[B,T,mask_size,mask_size]`` logits (sum of SAM's 3 multimask logits; sigmoid not applied).
         """
-        image, audio = self._check(image_embeddings, audio_embeddings)
-        b, t, c, h, w = image.shape
-        pe = self.dense_pe(image.dtype)
-        prompts = self.fusion_module(image, audio, pe)
-        low_res, _ = self.mask_decoder(
-            image_embeddings=image.new_zeros(1, c, h, w),
-            image_pe=pe,
-            sparse_prompt_embeddings=prompts.sparse.reshape(b * t, -1, c),
-            dense_prompt_embeddings=prompts.dense.reshape(b * t, c, h, w),
-            multimask_output=True,
-        )
+        embed, levels = self._split(image_embeddings)
+        image, audio = self._check(embed, audio_embeddings)
+        b, t = image.shape[:2]
+        prompts = self.fusion_module(image, audio, self.dense_pe(image.dtype))
+        flat = None if levels is None else [lv.flatten(0, 1).to(image.dtype) for lv in levels]
+        low_res = self.decode(prompts.dense.flatten(0, 1), prompts.sparse.flatten(0, 1), flat)
         return self.upsample(low_res).reshape(b, t, self.mask_size, self.mask_size)
+
+    def decode(self, dense: torch.Tensor, sparse: torch.Tensor, high_res: list[torch.Tensor] | None = None
+               ) -> torch.Tensor:
+        """The mask decoder on N frames' prompts: the fusion contract's visual src and sparse tokens.
+
+        Args:
+            dense: ``[N,C,g,g]`` the whole visual src (the decoder gets a zero image embedding plus this).
+            sparse: ``[N,k,C]`` prompt tokens.
+            high_res: SAM 2's ``[s0 [N,C/8,4g,4g], s1 [N,C/4,2g,2g]]`` as ``_forward_sam_heads`` passes them.
+
+        Returns:
+            ``[N,3,4g,4g]`` low-resolution multimask logits. SAM 2's object score does not gate them here (its
+            ``_forward_sam_heads`` sets masks of frames it scores as empty to -1024): AVS learns silence from
+            the masks, and a hard gate would give those frames no gradient.
+        """
+        c, h, w = dense.shape[1:]
+        zero, pe = dense.new_zeros(1, c, h, w), self.dense_pe(dense.dtype)
+        if self.decoder == "sam2":
+            return self.mask_decoder(image_embeddings=zero, image_pe=pe, sparse_prompt_embeddings=sparse,
+                                     dense_prompt_embeddings=dense, multimask_output=True, repeat_image=True,
+                                     high_res_features=high_res)[0]
+        return self.mask_decoder(image_embeddings=zero, image_pe=pe, sparse_prompt_embeddings=sparse,
+                                 dense_prompt_embeddings=dense, multimask_output=True)[0]

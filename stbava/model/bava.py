@@ -25,6 +25,18 @@ from torch import nn
 SPATIAL_MODES = ("reference", "paper")
 
 
+
+def _pixels_first(x: torch.Tensor) -> torch.Tensor:
+    """``[N,L,C]`` with the memory layout of ``[L,N,C]``: the layout ``nn.MultiheadAttention(batch_first=True)``
+    transposes its inputs to before projecting them.
+
+    Why: on a transposed (non-contiguous) 3-D input without autograd, ``F.linear`` cannot fold it into one
+    matmul and broadcasts the ``[C,C]`` weight to ``[L,C,C]`` instead; under CPU bf16 autocast that view is
+    copied, 4096 weight copies per call at the 64x64 grid, which made bf16 evaluation ~7x slower than fp32
+    (benchmarks/RESULTS.md §7). One copy of the activations into this layout avoids it; values are unchanged.
+    """
+    return x.transpose(0, 1).contiguous().transpose(0, 1)
+
 class MLPBlock(nn.Module):
     """Linear -> GELU -> Linear (hidden width 256 in the published blocks, not 4x)."""
 
@@ -148,7 +160,7 @@ class BAVABlock(nn.Module):
             ``[B,T,1,C]``.
         """
         b, t, n, c = v.shape
-        vq = (v + v_pe).reshape(b * t, n, c)
+        vq = _pixels_first((v + v_pe).reshape(b * t, n, c))
         ak = (a + a_pe).reshape(b * t, 1, c)
         av = a.reshape(b * t, 1, c)
         if self.spatial_mode == "reference":
@@ -157,7 +169,7 @@ class BAVABlock(nn.Module):
             out = self.avs_attention(vq, ak, av, need_weights=False)[0].mean(dim=1, keepdim=True)
         else:
             # Audio queries the HW pixels: a real spatial softmax pools the visual features.
-            out = self.avs_attention(ak, vq, v.reshape(b * t, n, c), need_weights=False)[0]
+            out = self.avs_attention(ak, vq, _pixels_first(v.reshape(b * t, n, c)), need_weights=False)[0]
         return out.reshape(b, t, 1, c)
 
     def spatial_visual_update(self, a: torch.Tensor, v: torch.Tensor, a_pe: torch.Tensor,
@@ -175,7 +187,7 @@ class BAVABlock(nn.Module):
         vk = (v + v_pe).reshape(b * t, n, c)
         mha = self.avs_attention
         if self.spatial_mode == "reference":
-            pooled = mha(aq, vk, v.reshape(b * t, n, c), need_weights=False)[0]
+            pooled = mha(aq, _pixels_first(vk), _pixels_first(v.reshape(b * t, n, c)), need_weights=False)[0]
             return pooled.reshape(b, t, 1, c).expand(b, t, n, c)
         alpha = self.spatial_map(aq, vk)  # [BT, heads, HW]
         alpha = F.dropout(alpha, p=mha.dropout, training=self.training) * n  # mean 1 over the pixels

@@ -46,16 +46,17 @@ def fusion_options(cfg: Config) -> dict[str, Any]:
     return out
 
 
-def model_kwargs(cfg: Config, *, grid: int, img_size: int) -> dict[str, Any]:
+def model_kwargs(cfg: Config, *, grid: int, img_size: int, **decoder: Any) -> dict[str, Any]:
     """Flat :class:`AVSModel` constructor arguments for ``cfg`` on a ``grid`` x ``grid`` embedding.
 
     Args:
         cfg: the run's config (``model`` section, and ``frames`` for JCA).
         grid: side of the image-embedding grid (64 for SAM ViTs, 16 for ``tiny``).
         img_size: the encoder's input side (1024 / 256); low-res masks are upsampled to it first.
+        decoder: SAM 2's ``decoder="sam2"``, ``high_res``, ``decoder_flags`` (see :class:`AVSModel`); none for SAM.
     """
     return {"fusion": cfg.model.fusion, "embed_dim": cfg.model.embed_dim, "grid": grid, "img_size": img_size,
-            **fusion_options(cfg)}
+            **decoder, **fusion_options(cfg)}
 
 
 def load_sam_decoder(model: AVSModel, sam_state: Mapping[str, torch.Tensor],
@@ -75,26 +76,28 @@ def load_sam_decoder(model: AVSModel, sam_state: Mapping[str, torch.Tensor],
     if SAM_PE_KEY not in sam_state:
         raise CheckpointError(f"{source} has no {SAM_PE_KEY}: the mask decoder must start with the PE it was "
                               "trained with; pass an official SAM checkpoint (sam_vit_*.pth)")
-    load_strict(model.mask_decoder, strip_prefix(dict(sam_state), "mask_decoder."),
-                f"mask_decoder.* of {source}")
+    decoder = strip_prefix(dict(sam_state), "mask_decoder.")
+    if model.decoder == "sam2" and not model.high_res:  # SAM 2's decoder without its high-res levels
+        decoder = {k: v for k, v in decoder.items() if not k.startswith(("conv_s0.", "conv_s1."))}
+    load_strict(model.mask_decoder, decoder, f"mask_decoder.* of {source}")
     load_strict(model.pe_layer, {"positional_encoding_gaussian_matrix": sam_state[SAM_PE_KEY]},
                 f"{SAM_PE_KEY} of {source}")
 
 
 def build_model(cfg: Config, sam_state: Mapping[str, torch.Tensor] | None = None, *, grid: int,
-                img_size: int) -> AVSModel:
+                img_size: int, **decoder: Any) -> AVSModel:
     """Build the model for ``cfg`` (fusion module ``cfg.model.fusion``); with ``sam_state`` the decoder and PE
     start from SAM.
 
     Random parts use the global torch RNG (the caller seeds it; the training run records the seed).
     """
+    kwargs = model_kwargs(cfg, grid=grid, img_size=img_size, **decoder)
     if cfg.subset == "avss":  # per-pixel classes: the same fusion + decoder and a mask classifier
         from stbava.model.semantic import SemanticAVSModel
 
-        model: AVSModel = SemanticAVSModel(num_classes=cfg.num_classes, **model_kwargs(cfg, grid=grid,
-                                                                                       img_size=img_size))
+        model: AVSModel = SemanticAVSModel(num_classes=cfg.num_classes, **kwargs)
     else:
-        model = AVSModel(**model_kwargs(cfg, grid=grid, img_size=img_size))
+        model = AVSModel(**kwargs)
     if sam_state is not None:
         load_sam_decoder(model, sam_state)
     return model

@@ -55,8 +55,13 @@ def results_table(rows: list[dict[str, Any]]) -> str:
 
 
 def run_demo(out: str | Path, *, config: str | Path | None = None, clips: tuple[int, int, int] = (320, 16, 40),
-             seed: int = 0, device: str = "auto", progress: bool = True) -> dict[str, Any]:
-    """Run every stage into ``out``; returns the results (also written to out/results.{json,md})."""
+             seed: int = 0, device: str = "auto", progress: bool = True, amp: str = "off") -> dict[str, Any]:
+    """Run every stage into ``out``; returns the results (also written to out/results.{json,md}).
+
+    ``amp``: ``off`` (default: float32 everywhere, the same numbers on every machine) or ``bf16``: extraction,
+    both trainings and the evaluations under bf16 autocast (on CPU only where it is native, else refused:
+    :func:`stbava.device.check_amp`). Use another ``out`` than a float32 demo's: its cache and runs differ.
+    """
     from stbava.data.synthetic import write_synthetic
     from stbava.pipeline.evaluate.loop import run_eval
     from stbava.pipeline.extract.features import run_extraction
@@ -64,6 +69,8 @@ def run_demo(out: str | Path, *, config: str | Path | None = None, clips: tuple[
 
     out = Path(out)
     cfg = demo_config(config)
+    if amp != "off":
+        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, amp=amp))
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
     data_root = out / "data"
@@ -73,7 +80,8 @@ def run_demo(out: str | Path, *, config: str | Path | None = None, clips: tuple[
     timings["synth_s"] = time.perf_counter() - t0
     cache = out / "cache" / "ms3.zarr"
     t = time.perf_counter()
-    run_extraction(data_root, "ms3", cache, "zarr", cfg.encoder, batch_size=4, device=device, progress=progress)
+    run_extraction(data_root, "ms3", cache, "zarr", cfg.encoder, batch_size=4, device=device, progress=progress,
+                   amp=amp)
     timings["extract_s"] = time.perf_counter() - t
 
     runs = {"full": cfg, "no_temporal": dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, temporal=False))}
@@ -85,16 +93,16 @@ def run_demo(out: str | Path, *, config: str | Path | None = None, clips: tuple[
     t = time.perf_counter()
     full_ckpt = out / "runs" / "full" / "best.pt"
     _, full = run_eval(full_ckpt, data_root, "test", out / "eval" / "full.json", cache=cache, device=device,
-                       overlays=4, figures=3, progress=progress)
+                       overlays=4, figures=3, progress=progress, amp=amp)
     _, shuffled = run_eval(full_ckpt, data_root, "test", out / "eval" / "full_shuffled_audio.json", cache=cache,
-                           device=device, shuffle_audio=True, progress=progress)
+                           device=device, shuffle_audio=True, progress=progress, amp=amp)
     _, no_t = run_eval(out / "runs" / "no_temporal" / "best.pt", data_root, "test", out / "eval" / "no_temporal.json",
-                       cache=cache, device=device, progress=progress)
+                       cache=cache, device=device, progress=progress, amp=amp)
     timings["eval_s"] = time.perf_counter() - t
     timings["total_s"] = time.perf_counter() - t0
     rows = [_row("ST-BAVA (full)", full), _row("same model, shuffled audio", shuffled),
             _row("trained without temporal attention", no_t)]
-    results = {"rows": rows, "timings": timings, "config": cfg.to_dict(),
+    results = {"rows": rows, "timings": timings, "config": cfg.to_dict(), "amp": amp,
                "figures": full.get("similarity_figures", []), "overlays": str(out / "eval" / "overlays")}
     atomic_write_text(out / "results.json", json.dumps(results, indent=2) + "\n")
     atomic_write_text(out / "results.md", results_table(rows) + "\n")

@@ -32,11 +32,12 @@ from stbava.metrics import MetricAccumulator, PooledMetrics
 from stbava.pipeline.core.sources import load_masks
 from stbava.pipeline.evaluate.loop import EvalResult, eval_result, report_dict
 from stbava.zero_shot.sam import PROMPTS, ZeroShotSAM, build_zero_shot_sam, frame_seed
+from stbava.zero_shot.sam2 import ZeroShotSAM2, build_zero_shot_sam2
 
 log = logging.getLogger(__name__)
 
 
-def _clip_logits(model: ZeroShotSAM, embeddings: torch.Tensor, masks: torch.Tensor, valid: torch.Tensor,
+def _clip_logits(model: ZeroShotSAM | ZeroShotSAM2, embeddings: torch.Tensor, masks: torch.Tensor, valid: torch.Tensor,
                  clip: Clip, prompt: str, seed: int) -> torch.Tensor:
     """``[V,224,224]`` logits of the clip's V annotated frames (embeddings ``[T,256,g,g]``, masks ``[T,224,224]``).
 
@@ -152,7 +153,9 @@ def run_zero_shot(cache: str | Path, data_root: str | Path, subset: str, split: 
         CheckpointError: a SAM file that is not the cache's (:func:`cache_sam_file`).
     """
     from stbava.cache import open_cache
+    from stbava.encoders import hiera
     from stbava.encoders.image import model_geometry
+    from stbava.pipeline.train.stage2 import cache_encoders
 
     if prompt not in PROMPTS:
         raise DataError(f"prompt must be one of {'|'.join(PROMPTS)}, got {prompt!r}")
@@ -166,7 +169,11 @@ def run_zero_shot(cache: str | Path, data_root: str | Path, subset: str, split: 
     if not clips:
         raise DataError(f"no clips in split {split!r} of {subset} under {data_root}")
     dev = resolve_device(device, 0)
-    model, weights = build_zero_shot_sam(sam_checkpoint, **model_geometry(encoder), seed=seed)
+    if hiera.is_sam2(encoder):  # SAM 2's own prompt encoder + decoder, with the cache's high-res levels
+        geometry = model_geometry(encoder, cache_encoders(reader).high_res_features)
+        model, weights = build_zero_shot_sam2(sam_checkpoint, **geometry, seed=seed)
+    else:
+        model, weights = build_zero_shot_sam(sam_checkpoint, **model_geometry(encoder), seed=seed)
     model.to(dev)
     scores = ZeroShotScores()
     for clip in tqdm(clips, desc=f"zero-shot {prompt}", unit="clip", disable=not progress, leave=False):

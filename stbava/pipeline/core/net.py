@@ -44,7 +44,7 @@ def _seeded_fusion_net(cfg: Config, sam_state: dict[str, torch.Tensor] | None,
     from stbava.model.build import build_model
 
     torch.manual_seed(cfg.train.seed)  # model init is part of the recorded, reproducible run
-    model = build_model(cfg, sam_state, **model_geometry(cfg.encoder.name))
+    model = build_model(cfg, sam_state, **model_geometry(cfg.encoder.name, cfg.encoder.high_res_features))
     if model_option(cfg.model, "center_audio") and mean_audio is not None:
         model.center_audio_projection(mean_audio)  # ST-BAVA, none; the published modules start as published
     return Net(model, CachedEmbedder())
@@ -67,8 +67,10 @@ def build_adapter_net(cfg: Config, init: dict[str, Any]) -> Net:
     when the builder still seeded the global RNG), inside a fork, so the caller's RNG is left as it was.
     """
     from stbava.encoders.build import build_frozen_encoders
+    from stbava.encoders.image import adapter_geometry
     from stbava.model.adapters import AdaptedImageEncoder
 
+    adapter_geometry(cfg.encoder.name)  # ConfigError naming why SAM 2 has no stage three
     with torch.random.fork_rng(devices=[]):
         net = _seeded_fusion_net(cfg, None, None)
         model_keys = [k for k in net.state_dict() if k.startswith("model.")]

@@ -60,6 +60,19 @@ class Batch:
         return Batch(**moved)
 
 
+def encoder_frames(name: str, frames: Sequence[np.ndarray]) -> torch.Tensor:
+    """Decoded RGB frames -> what image encoder ``name`` takes, in one place for extraction, stage three and predict.
+
+    SAM: ResizeLongestSide to its input side (``[N,3,h',w']``, padded by the encoder). SAM 2: the frames as they
+    are (``[N,3,H,W]``, 0..255), which its encoder resizes to its square input itself, as SAM2Transforms does.
+    """
+    from stbava.data.transforms import frames_to_sam_input, frames_to_tensor
+    from stbava.encoders import hiera
+    from stbava.encoders.image import image_size
+
+    return frames_to_tensor(frames) if hiera.is_sam2(name) else frames_to_sam_input(frames, image_size(name))
+
+
 def collate(items: Sequence[dict[str, Any]]) -> Batch:
     """Stack clip items (dicts with ``clip_id``, ``masks``, ``mask_valid`` and input fields) into a Batch."""
     keys = [k for k in ("masks", "mask_valid", *INPUT_FIELDS) if k in items[0]]

@@ -23,7 +23,7 @@ from stbava.atomic import atomic_write_text
 from stbava.checkpoint import check_compatible, read_checkpoint
 from stbava.config import Config, model_option
 from stbava.data.clips import Clip, DataError, load_clips, resolve_subset_root
-from stbava.device import autocast, resolve_device
+from stbava.device import autocast, check_amp, resolve_device
 from stbava.digest import file_sha256
 from stbava.encoders.weights import WeightSearch
 from stbava.metrics import MetricAccumulator, PooledMetrics, SemanticAccumulator
@@ -176,6 +176,7 @@ def run_eval(checkpoint: str | Path, data_root: str | Path, split: str, out: str
     payload = read_checkpoint(checkpoint)
     dist = dist_info()
     dev = resolve_device(device, dist.local_rank)
+    numerics = check_amp(dev, amp, "--amp bf16", "--amp off")
     net, cfg = restore_net(payload, dev, search)
     clips = load_clips(data_root, cfg.subset, [split], frames=cfg.frames, avss_parts=cfg.avss_labels)
     if not clips:
@@ -202,7 +203,8 @@ def run_eval(checkpoint: str | Path, data_root: str | Path, split: str, out: str
     report = report_dict(result, subset=cfg.subset, split=split, shuffled_audio=shuffle_audio,
                          checkpoint=str(payload["path"]), checkpoint_digest=file_sha256(payload["path"]),
                          checkpoint_kind=payload["kind"], cache=str(cache) if cache else None,
-                         cache_fingerprint=fp, config=cfg.to_dict(), amp=amp)
+                         cache_fingerprint=fp, config=cfg.to_dict(), amp=amp, numerics=numerics,
+                         train_numerics=payload["extra"].get("numerics"))
     if hearing is not None:
         if dist.active:
             hearing.absorb(dist.all_gather_objects(dict(hearing.ious)))

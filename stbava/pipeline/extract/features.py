@@ -32,10 +32,10 @@ from tqdm.auto import tqdm
 from stbava.cache import CacheError, CacheWriter, create_cache, join_cache, merge_parts
 from stbava.config import ConfigError, EncoderConfig
 from stbava.data.clips import AVSS_MAX_FRAMES, Clip, DataError, load_clips
-from stbava.device import resolve_device
+from stbava.device import check_amp, resolve_device
 from stbava.encoders.build import auto_frames_per_forward, build_frozen_encoders
 from stbava.encoders.fingerprint import encoder_fingerprint, fingerprint_digest
-from stbava.encoders.image import grid_size, image_size
+from stbava.encoders.image import embedding_shape
 from stbava.encoders.weights import record_paths
 from stbava.pipeline.core.distributed import DistInfo, dist_info
 from stbava.pipeline.extract.clip_encoding import ClipInputs, as_list, encode_batch, pad_frames
@@ -88,7 +88,7 @@ def run_extraction(data_root: str | Path, subset: str, cache_path: str | Path, b
         splits: subset of train/val/test; all when None.
         batch_size: clips per encoder forward (batch_size * frames images).
         device: ``auto`` (CUDA when present) | ``cpu`` | ``cuda``.
-        amp: ``off`` | ``bf16`` (CUDA only; ignored with a warning on CPU).
+        amp: ``off`` | ``bf16`` (CUDA; on CPU where it is native, else refused: :func:`stbava.device.check_amp`).
         frames: T, frames per clip.
         store_log_mel: also cache the VGGish input examples.
         progress: show a tqdm bar (clips/s).
@@ -117,9 +117,7 @@ def run_extraction(data_root: str | Path, subset: str, cache_path: str | Path, b
         raise ConfigError(f"--batch-size must be >= 1, got {batch_size}")
     dist = dist_info()
     dev = resolve_device(device, dist.local_rank)
-    if amp == "bf16" and dev.type != "cuda":
-        log.warning("--amp bf16 needs CUDA (bf16 autocast is much slower on CPUs); extracting in float32")
-        amp = "off"
+    numerics = check_amp(dev, amp, "--amp bf16", "--amp off")  # bf16 on CPU only where native (stbava.bf16)
     if subset == "avss":
         frames = AVSS_MAX_FRAMES
     clips = load_clips(data_root, subset, splits, frames=frames, avss_parts=avss_parts)
@@ -127,11 +125,12 @@ def run_extraction(data_root: str | Path, subset: str, cache_path: str | Path, b
         raise DataError(f"no clips of subset {subset} (splits {', '.join(splits or ['all'])}) under {data_root}")
     enc_cfg = record_paths(dataclasses.replace(enc_cfg, amp=amp, sdpa=enc_cfg.sdpa if sdpa is None else sdpa))
     fp = encoder_fingerprint(enc_cfg, frames)
-    g = grid_size(enc_cfg.name)
-    layout = {"fingerprint": fp, "frames": frames, "emb_shape": (256, g, g), "store_log_mel": store_log_mel}
+    layout = {"fingerprint": fp, "frames": frames, "emb_shape": embedding_shape(enc_cfg.name, enc_cfg.high_res_features),
+              "store_log_mel": store_log_mel}
     fpf = frames_per_forward or auto_frames_per_forward(enc_cfg.name, dev)
     # the encoder config with absolute weight paths: where later stages look for the files first
-    info = {"device": dev.type, "stbava": __version__, "subset": subset, "encoders": dataclasses.asdict(enc_cfg)}
+    info = {"device": dev.type, "stbava": __version__, "subset": subset, "encoders": dataclasses.asdict(enc_cfg),
+            "numerics": numerics}
     start = time.perf_counter()
     sync = _Sync(dist)
     writer, todo, skipped = _open_writer(sync, clips, cache_path, backend, layout, codec, info, verify)
@@ -230,7 +229,7 @@ def _finish_shards(sync: _Sync, writer: CacheWriter, written: int) -> int:
 def _extract(writer: CacheWriter, todo: list[Clip], enc_cfg: EncoderConfig, dev: torch.device, batch_size: int,
              frames: int, store_log_mel: bool, num_workers: int, bar: tqdm, frames_per_forward: int) -> None:
     image_encoder, vggish = build_frozen_encoders(enc_cfg, dev)
-    loader = DataLoader(ClipInputs(todo, image_size(enc_cfg.name), frames), batch_size=batch_size, shuffle=False,
+    loader = DataLoader(ClipInputs(todo, enc_cfg.name, frames), batch_size=batch_size, shuffle=False,
                         num_workers=num_workers, collate_fn=as_list, pin_memory=dev.type == "cuda",
                         persistent_workers=False)
     pending: deque[tuple[Future[None], int]] = deque()

@@ -112,7 +112,7 @@ class Predictor:
 
     net: Net
     t: int  # frames per window (the checkpoint's T)
-    img_size: int
+    encoder: str  # the image encoder's name: how frames are resized for it (pipeline.core.sources.encoder_frames)
     device: torch.device
 
     def window_probs(self, secs: list[Second]) -> np.ndarray:
@@ -121,11 +121,12 @@ class Predictor:
         The array is numpy's own (not a view of torch's buffer), so Python's memory tracing (tracemalloc, the
         streaming-memory test) sees every mask that is still held.
         """
-        from stbava.data.transforms import frames_to_sam_input, waveform_to_examples
+        from stbava.data.transforms import waveform_to_examples
+        from stbava.pipeline.core.sources import encoder_frames
 
         frames = [s.frame for s in secs] + [secs[-1].frame] * (self.t - len(secs))
         mels = waveform_to_examples(np.concatenate([s.audio for s in secs]), SR, num_examples=self.t)
-        x = frames_to_sam_input(frames, self.img_size).to(self.device)
+        x = encoder_frames(self.encoder, frames).to(self.device)
         with torch.inference_mode():
             logits = self.net(frames=x[None], log_mels=torch.from_numpy(mels)[None].to(self.device))[0]
         return torch.sigmoid(logits.float()).cpu().numpy().copy()
@@ -160,7 +161,6 @@ def load_predictor(checkpoint: str | Path, *, search: WeightSearch | None = None
     ``search``: where the encoders' weight files are looked for besides the paths the checkpoint records
     (each file is checked against the recorded sha256, for both kinds of checkpoint).
     """
-    from stbava.encoders.image import image_size
     from stbava.pipeline.core.restore import restore_net
 
     dev = resolve_device(device)
@@ -171,4 +171,4 @@ def load_predictor(checkpoint: str | Path, *, search: WeightSearch | None = None
                                     "draws binary masks, so use `stbava eval` for it")
     if payload["kind"] == "fusion":
         net = _fusion_net_with_encoders(net, cfg.encoder, cfg.frames, payload, dev, search)
-    return Predictor(net.eval(), cfg.frames, image_size(cfg.encoder.name), dev)
+    return Predictor(net.eval(), cfg.frames, cfg.encoder.name, dev)

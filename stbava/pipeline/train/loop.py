@@ -28,7 +28,7 @@ from torch.utils.data import Dataset
 from stbava.atomic import atomic_write_text
 from stbava.checkpoint import CheckpointFormatError, check_compatible, read_checkpoint, save_checkpoint
 from stbava.config import Config
-from stbava.device import autocast
+from stbava.device import autocast, check_amp
 from stbava.losses import masked_bce, masked_ce
 from stbava.pipeline.core.distributed import dist_info
 from stbava.pipeline.core.net import Net
@@ -118,6 +118,10 @@ class Trainer:
             log.warning("train.batch_size %d is the global batch; it does not split evenly over %d ranks, so "
                         "some ranks idle on part of every step (use a multiple of %d)", self.tc.batch_size,
                         self.dist.world, self.dist.world)
+        # bf16 on CPU only where native (stbava.bf16); recorded in every checkpoint as the training dtype
+        self.numerics = check_amp(self.device, self.tc.amp, "train.amp: bf16", "train.amp: auto (or off)")
+        if self.dist.is_main:
+            log.info("training in %s on %s", self.numerics["dtype"], self.device)
         torch.manual_seed(self.tc.seed)
         self.names = set_trainable(self.net, self.stage.trainable)
         self.net.to(self.device)
@@ -147,7 +151,7 @@ class Trainer:
                             weights=saved_weights(self.net, self.names), fingerprint=self.stage.fingerprint,
                             state={"optimizer": self.opt.state_dict(), "rng": torch.get_rng_state(),
                                    "loop": self.state.to_dict()},
-                            extra=self.stage.extra, trainable=self.names)
+                            extra={**(self.stage.extra or {}), "numerics": self.numerics}, trainable=self.names)
 
     def _loader(self, train_ds: Dataset, batches: list[list[int]]) -> Iterable[Batch]:
         if isinstance(train_ds, ResidentClips):  # already on the device: index it, no host loader

@@ -74,10 +74,15 @@ def sam_decoder_init(cfg: Config, reader: CacheReader, search: WeightSearch) -> 
     The decoder must start from the same SAM as the image encoder: the file is located and checked by the
     digest the cache recorded (a random-init cache gets a random decoder, and a given file is refused).
     """
+    from stbava.encoders import hiera
     from stbava.encoders.checkpoints import load_state_file, sam_decoder_state
 
     enc = locate_weights(cfg.encoder, reader.fingerprint, search, subject=f"cache {reader.path}", only=("sam",))
-    return None if enc.sam_checkpoint is None else sam_decoder_state(load_state_file(enc.sam_checkpoint, "sam"))
+    if enc.sam_checkpoint is None:
+        return None
+    if hiera.is_sam2(enc.name):  # SAM 2's own decoder, from the checkpoint that made the cache
+        return hiera.sam2_decoder_state(hiera.sam2_state(enc.sam_checkpoint), f"SAM 2 checkpoint {enc.sam_checkpoint}")
+    return sam_decoder_state(load_state_file(enc.sam_checkpoint, "sam"))
 
 
 def initial_fusion_net(cfg: Config, reader: CacheReader, train_clips: list[Clip],
