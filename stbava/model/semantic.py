@@ -66,20 +66,21 @@ class SemanticAVSModel(AVSModel):
     def mask_logits(self, image_embeddings: torch.Tensor, audio_embeddings: torch.Tensor
                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``[N,Q,S,S]`` mask logits (upsampled as published, not summed), their ``[N,Q,C]`` output tokens and the
-        ``[N,A]`` audio, N = B*T."""
-        image, audio = self._check(image_embeddings, audio_embeddings)
-        b, t, c, h, w = image.shape
-        pe = self.dense_pe(image.dtype)
-        prompts = self.fusion_module(image, audio, pe)
+        ``[N,A]`` audio, N = B*T. Runs :meth:`AVSModel.decode`, so SAM's and SAM 2's decoders both work."""
+        embed, levels = self._split(image_embeddings)
+        image, audio = self._check(embed, audio_embeddings)
+        b, t = image.shape[:2]
+        prompts = self.fusion_module(image, audio, self.dense_pe(image.dtype))
+        flat = None if levels is None else [lv.flatten(0, 1).to(image.dtype) for lv in levels]
         self._tokens = None
-        low_res, _ = self.mask_decoder(
-            image_embeddings=image.new_zeros(1, c, h, w), image_pe=pe,
-            sparse_prompt_embeddings=prompts.sparse.reshape(b * t, -1, c),
-            dense_prompt_embeddings=prompts.dense.reshape(b * t, c, h, w), multimask_output=True)
+        low_res = self.decode(prompts.dense.flatten(0, 1), prompts.sparse.flatten(0, 1), flat)
         hs, self._tokens = self._tokens, None  # not kept between calls (it would hold the autograd graph)
         if hs is None:
-            raise RuntimeError("SAM's mask decoder did not run its transformer; cannot classify its masks")
-        tokens = hs[:, 2:2 + self.MASKS]  # mask tokens 1..3 = the multimask outputs
+            raise RuntimeError("the mask decoder did not run its transformer; cannot classify its masks")
+        # token order: [SAM 2's object-score token,] IoU token, 4 mask tokens, prompts; mask tokens 1..3 are
+        # the multimask outputs (segment_anything / sam2 MaskDecoder.predict_masks)
+        first = 2 + int(bool(getattr(self.mask_decoder, "pred_obj_scores", False)))
+        tokens = hs[:, first:first + self.MASKS]
         x = F.interpolate(low_res, (self.img_size, self.img_size), mode="bilinear", align_corners=False)
         x = F.interpolate(x, (self.mask_size, self.mask_size), mode="bilinear", align_corners=False)
         return x, tokens, audio.reshape(b * t, -1)

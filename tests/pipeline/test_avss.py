@@ -150,3 +150,38 @@ def test_binary_only_commands_refuse_an_avss_checkpoint(avss_run):
     res = CliRunner().invoke(main, ["eval", "--checkpoint", str(avss_run["run"]), "--cache", str(avss_run["cache"]),
                                     "--data-root", str(avss_run["data"]), "--split", "train", "--overlays", "1"])
     assert res.exit_code != 0 and "not available for subset avss" in res.output
+
+
+def test_semantic_head_on_sam2_reads_the_multimask_tokens():
+    """On SAM 2's decoder (object-score token first) the head reads the 3 multimask output tokens."""
+    from stbava.encoders.hiera import decoder_geometry
+    from stbava.feature_levels import packed_channels
+
+    torch.manual_seed(0)
+    geo = decoder_geometry("sam2_mini", True)
+    model = SemanticAVSModel(num_classes=4, fusion="none", mask_size=16, **geo).eval()
+    assert model.mask_decoder.pred_obj_scores  # the case where the offset matters
+    seen = {}
+    model.mask_decoder.output_hypernetworks_mlps[1].register_forward_hook(
+        lambda m, args, out: seen.update(token1=args[0]))  # returns None: the output stays
+    g = torch.Generator().manual_seed(0)
+    image = torch.randn(1, 2, packed_channels(256, True), model.grid, model.grid, generator=g)
+    with torch.no_grad():
+        _, tokens, _ = model.mask_logits(image, torch.randn(1, 2, 128, generator=g))
+        torch.testing.assert_close(tokens[:, 0], seen["token1"])  # multimask output 1 = mask token 1, as SAM 2 uses
+        assert not torch.allclose(tokens[:, 0], tokens[:, 1])
+        lp = model(image, torch.randn(1, 2, 128, generator=g))
+    assert lp.shape == (1, 2, 4, 16, 16)
+    torch.testing.assert_close(lp.exp().sum(2), torch.ones(1, 2, 16, 16), atol=1e-5, rtol=0)
+
+
+def test_semantic_head_on_sam_reads_the_multimask_tokens():
+    torch.manual_seed(0)
+    model = SemanticAVSModel(num_classes=4, fusion="none", grid=4, img_size=16, mask_size=8).eval()
+    seen = {}
+    model.mask_decoder.output_hypernetworks_mlps[1].register_forward_hook(
+        lambda m, args, out: seen.update(token1=args[0]))  # returns None: the output stays
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        _, tokens, _ = model.mask_logits(torch.randn(1, 2, 256, 4, 4, generator=g), torch.randn(1, 2, 128, generator=g))
+    torch.testing.assert_close(tokens[:, 0], seen["token1"])
