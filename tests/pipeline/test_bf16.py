@@ -51,7 +51,7 @@ def simulated_cpu(tmp_path, monkeypatch):
 
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory):
-    return write_synthetic(tmp_path_factory.mktemp("syn"), "ms3", clips_per_split=1, seed=3)
+    return write_synthetic(tmp_path_factory.mktemp("syn"), "ms3", {"train": 1, "test": 1}, seed=3)  # no val: no validation pass
 
 
 def test_cpuinfo_flags_decide_with_the_timing(tmp_path, monkeypatch):
