@@ -15,7 +15,6 @@ the stages in this run (the best of both: the ratio is then a lower bound).
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -24,7 +23,7 @@ from typing import Any
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from benchmarks.common import TrainStep, cpu_name, device_line, median, resolve, sync, table
+from benchmarks.common import TrainStep, cpu_name, device_line, emit, median, resolve, sync, table
 from stbava.device import autocast
 
 aten = torch.ops.aten
@@ -83,6 +82,16 @@ def bf16_native(device: torch.device) -> bool:
     return cpu_bf16().native
 
 
+def _inference(enc: torch.nn.Module, x: torch.Tensor, device: torch.device) -> Callable[[str], Callable[[], Any]]:
+    """``amp -> fn``: one inference-mode forward of ``enc`` on ``x`` under that autocast."""
+    def make(amp: str) -> Callable[[], Any]:
+        def fn() -> Any:
+            with torch.inference_mode(), autocast(device, amp):
+                return enc(x)
+        return fn
+    return make
+
+
 def encoder_stage(name: str, frames: int, device: torch.device) -> Callable[[str], Callable[[], Any]]:
     """``amp -> fn``: the extraction image encoder (as :func:`build_frozen_encoders` builds it) on ``frames``."""
     from stbava.encoders.fast_attention import enable_sdpa
@@ -93,13 +102,7 @@ def encoder_stage(name: str, frames: int, device: torch.device) -> Callable[[str
     enc = enc.to(device)
     s = image_size(name)
     x = (torch.rand(frames, 3, s, s, generator=torch.Generator().manual_seed(0)) * 255).to(device)
-
-    def make(amp: str) -> Callable[[], Any]:
-        def fn() -> Any:
-            with torch.inference_mode(), autocast(device, amp):
-                return enc(x)
-        return fn
-    return make
+    return _inference(enc, x, device)
 
 
 def hiera_stage(frames: int, device: torch.device) -> Callable[[str], Callable[[], Any]] | None:
@@ -118,13 +121,7 @@ def hiera_stage(frames: int, device: torch.device) -> Callable[[str], Callable[[
                    fpn_interp_model="nearest")
     enc = ImageEncoder(trunk=trunk, neck=neck, scalp=1).to(device).eval()
     x = torch.randn(frames, 3, 1024, 1024, generator=torch.Generator().manual_seed(0)).to(device)
-
-    def make(amp: str) -> Callable[[], Any]:
-        def fn() -> Any:
-            with torch.inference_mode(), autocast(device, amp):
-                return enc(x)
-        return fn
-    return make
+    return _inference(enc, x, device)
 
 
 def step_stage(encoder: str, frames: int, depth: int, device: torch.device) -> Callable[[str], Callable[[], Any]]:
@@ -245,10 +242,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     dev = resolve(args.device)
     print(device_line(dev))
     r = run(args.quick, args.frames, args.depth, dev)
-    print(report(r))
-    if args.json:
-        args.json.write_text(json.dumps(r, indent=1))
-    return r
+    return emit(r, report(r), args.json)
 
 
 if __name__ == "__main__":

@@ -12,13 +12,12 @@ FLOP-bound ratio ``1 + T * encoder_flops / step_flops`` is printed beside the me
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from benchmarks.common import TrainStep, device_line, encoder_flops, median, resolve, step_flops, timed
+from benchmarks.common import TrainStep, device_line, emit, encoder_flops, median, resolve, step_flops, timed
 from stbava.encoders.image import build_image_encoder, image_size
 
 
@@ -89,10 +88,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     dev = resolve(args.device)
     print(device_line(dev))
     r = run(encoder, args.frames, args.depth, args.cached_reps, args.rerun_reps, dev, args.amp)
-    print(report(r))
-    if args.json:
-        args.json.write_text(json.dumps(r, indent=1))
-    return r
+    return emit(r, report(r), args.json)
 
 
 if __name__ == "__main__":

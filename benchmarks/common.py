@@ -7,11 +7,13 @@ machine is noisy) and prints ratios; absolute seconds on a shared CPU are only i
 from __future__ import annotations
 
 import datetime as _dt
+import json
 import os
 import platform
 import statistics
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -188,3 +190,11 @@ class TrainStep:
         loss.backward()
         self.opt.step()
         return float(loss.detach())
+
+
+def emit(result: Any, text: str, json_path: Path | None) -> Any:
+    """Print a benchmark's report and, where asked, write its raw result as JSON (for ``make bench --json-dir``)."""
+    print(text)
+    if json_path:
+        json_path.write_text(json.dumps(result, indent=1))
+    return result

@@ -1,4 +1,4 @@
-"""Helpers of the predict and app tests: a tiny, freshly built stage-two checkpoint, a free port."""
+"""Helpers of the pipeline tests: a tiny, freshly built stage-two checkpoint, a free port, the CLI in process."""
 
 from __future__ import annotations
 
@@ -6,8 +6,10 @@ import socket
 from pathlib import Path
 
 import torch
+from click.testing import CliRunner
 
 from stbava.checkpoint import save_checkpoint
+from stbava.cli import main
 from stbava.config import load_config
 from stbava.encoders.fingerprint import encoder_fingerprint
 from stbava.pipeline.core.net import build_fusion_net
@@ -83,3 +85,10 @@ def write_offset_video(path: Path, video_start: float, audio_start: float, secon
         for p in aus.encode():
             c.mux(p)
     return path
+
+
+def run_cli(*args: object) -> str:
+    """``stbava ARGS`` in this process (exceptions propagate); asserts exit code 0 and returns the output."""
+    res = CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    return res.output

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from predict_helpers import run_cli as _run
 
 from stbava.cache import open_cache
 from stbava.cli import main
@@ -23,12 +24,6 @@ from stbava.pipeline.core.net import Net
 from stbava.pipeline.core.sources import CachedEmbedder, CachedSource, collate
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-def _run(*args: object) -> str:
-    res = CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
-    assert res.exit_code == 0, res.output
-    return res.output
 
 
 @pytest.fixture(scope="module")

@@ -11,17 +11,12 @@ import pytest
 import soundfile as sf
 import torch
 from click.testing import CliRunner
+from predict_helpers import run_cli as _run
 
 import stbava
 from stbava.cli import main
 from stbava.data.clips import load_clips
 from stbava.data.io import read_frame
-
-
-def _run(*args: str) -> str:
-    res = CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
-    assert res.exit_code == 0, res.output
-    return res.output
 
 
 @pytest.fixture(scope="module")
