@@ -7,6 +7,7 @@ type changes are errors, so a typo in a config never silently trains the wrong m
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from collections.abc import Mapping
@@ -136,6 +137,9 @@ def _resolved_type(cls: type, name: str) -> Any:
     return typing.get_type_hints(cls)[name]
 
 
+_YAML11_EXPONENT = re.compile(r"[-+]?\d+(\.\d*)?[eE][-+]?\d+")
+
+
 def _check_value(cls: type, name: str, value: Any, where: str) -> Any:
     tp = _resolved_type(cls, name)
     allowed: tuple[Any, ...] = typing.get_args(tp) if isinstance(tp, types.UnionType) else (tp,)
@@ -148,6 +152,8 @@ def _check_value(cls: type, name: str, value: Any, where: str) -> Any:
             continue
         if a is float and isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if a is float and isinstance(value, str) and _YAML11_EXPONENT.fullmatch(value.strip()):
+            return float(value)  # YAML 1.1 reads 1e-3 (no dot) as a string: `lr: 1e-3`, `--set train.lr=1e-3`
         if a is int and isinstance(value, int) and not isinstance(value, bool):
             return value
         if a is bool and isinstance(value, bool):

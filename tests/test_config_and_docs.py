@@ -61,3 +61,16 @@ def test_fusion_is_a_module_name_and_the_former_boolean_still_loads(tmp_path):
     assert load_config(None, parse_override("model.fusion=han")).model.fusion == "han"
     with pytest.raises(ConfigError, match=r"model.fusion must be one of stbava\|tpavi"):
         load_config(None, {"model": {"fusion": "bava2"}})
+
+
+def test_exponent_floats_that_yaml_1_1_reads_as_strings_are_floats():
+    """PyYAML (YAML 1.1) reads ``1e-3`` as the string '1e-3': `--set train.lr=1e-3` was refused with
+    "lr must be <class 'float'>, got '1e-3'". Such strings are read as floats for float fields only."""
+    raw = parse_override("train.lr=1e-3")
+    assert raw == {"train": {"lr": "1e-3"}}  # what PyYAML gives: a string
+    assert load_config(None, raw).train.lr == 0.001
+    assert load_config(None, {"train": {"lr": "5E-4", "warmup_steps": 3}}).train.lr == 0.0005
+    with pytest.raises(ConfigError, match="lr must be"):
+        load_config(None, {"train": {"lr": "fast"}})
+    with pytest.raises(ConfigError, match="warmup_steps must be"):
+        load_config(None, {"train": {"warmup_steps": "1e3"}})  # an int field stays strict
