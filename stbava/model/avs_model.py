@@ -187,14 +187,20 @@ class AVSModel(nn.Module):
         Returns:
             ``[B,T,mask_size,mask_size]`` logits (sum of SAM's 3 multimask logits; sigmoid not applied).
         """
+        b, t = image_embeddings.shape[:2]
+        low_res, _ = self.fuse_and_decode(image_embeddings, audio_embeddings)
+        return self.upsample(low_res).reshape(b, t, self.mask_size, self.mask_size)
+
+    def fuse_and_decode(self, image_embeddings: torch.Tensor, audio_embeddings: torch.Tensor
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Fusion module + mask decoder on B clips: ``[N,3,4g,4g]`` low-res logits and the ``[B,T,A]`` audio the
+        fusion module saw (N = B*T); shared by this model and the semantic one."""
         embed, levels = self._split(image_embeddings)
         image, audio = self._check(embed, audio_embeddings)
-        b, t = image.shape[:2]
         pe = self.dense_pe(image.dtype)  # once per forward: the fusion module and the decoder share it
         prompts = self.fusion_module(image, audio, pe)
         flat = None if levels is None else [lv.flatten(0, 1).to(image.dtype) for lv in levels]
-        low_res = self.decode(prompts.dense.flatten(0, 1), prompts.sparse.flatten(0, 1), flat, pe)
-        return self.upsample(low_res).reshape(b, t, self.mask_size, self.mask_size)
+        return self.decode(prompts.dense.flatten(0, 1), prompts.sparse.flatten(0, 1), flat, pe), audio
 
     def decode(self, dense: torch.Tensor, sparse: torch.Tensor, high_res: list[torch.Tensor] | None = None,
                pe: torch.Tensor | None = None) -> torch.Tensor:

@@ -67,13 +67,9 @@ class SemanticAVSModel(AVSModel):
                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``[N,Q,S,S]`` mask logits (upsampled as published, not summed), their ``[N,Q,C]`` output tokens and the
         ``[N,A]`` audio, N = B*T. Runs :meth:`AVSModel.decode`, so SAM's and SAM 2's decoders both work."""
-        embed, levels = self._split(image_embeddings)
-        image, audio = self._check(embed, audio_embeddings)
-        b, t = image.shape[:2]
-        prompts = self.fusion_module(image, audio, self.dense_pe(image.dtype))
-        flat = None if levels is None else [lv.flatten(0, 1).to(image.dtype) for lv in levels]
+        b, t = image_embeddings.shape[:2]
         self._tokens = None
-        low_res = self.decode(prompts.dense.flatten(0, 1), prompts.sparse.flatten(0, 1), flat)
+        low_res, audio = self.fuse_and_decode(image_embeddings, audio_embeddings)
         hs, self._tokens = self._tokens, None  # not kept between calls (it would hold the autograd graph)
         if hs is None:
             raise RuntimeError("the mask decoder did not run its transformer; cannot classify its masks")
